@@ -1,0 +1,1 @@
+"""ACATCore: the ACAT engine."""
