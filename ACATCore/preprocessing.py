@@ -1,0 +1,309 @@
+"""From a CT :class:`~ACATCore.volume.Volume` to the model input, and model-grid maps back again.
+
+:func:`prepare` follows a model card's ``preprocessing`` spec
+``{"window": [lo, hi], "slices": S, "size": [H, W], "orientation": "LPS-axial", "midline": ...}``:
+
+1. **Canonical orientation** ("LPS-axial"): the array axes are permuted and flipped (no resampling,
+   the same as SimpleITK's ``DICOMOrientImageFilter`` with ``"LPS"``) so that columns run patient
+   right -> left, rows anterior -> posterior and slices inferior -> superior. Each input axis goes to
+   the LPS axis its direction is closest to, so an oblique scan keeps its obliquity (the canonical
+   grid is the input grid, relabelled).
+2. **Slice sampling**: S slices, evenly spaced and centred: slice ``s`` sits at the continuous
+   position ``(s + 0.5 + o) * K / S - 0.5`` of the K canonical slices, rounded, with ``o = offset`` for
+   ``offset < 0.5`` and ``offset - 1`` otherwise. ``offset = 0`` is the centred grid; the offsets of
+   :func:`coverage_offsets` together see every slice. With fewer than S slices, slices repeat (warned).
+3. **Window** ``[lo, hi]`` HU -> [0, 1] (clipped).
+4. **Resize** each slice to ``size`` = (H, W), bilinear (antialiased when shrinking), pixel-centre
+   aligned (``align_corners=False``).
+5. **Midline** (brain): ``"center"`` takes the image centre as the mid-sagittal line; ``"symmetry"``
+   finds the column about which the sampled slices are most mirror-symmetric (flip correlation) and
+   shifts the columns by a whole number of pixels so that this midline lies at W/2 (columns shifted
+   in are 0). ``None`` does nothing. ``Prepared.midline`` records what was done.
+
+:meth:`Prepared.to_input_grid` inverts 5, 4 and 1 and puts each input slice the value of the NEAREST
+sampled slice along k (slices equally near two sampled slices, or sampled several times, get their
+mean), so that every input slice carries a value; :meth:`Prepared.slices_seen` lists the input
+slices the model actually saw, for callers that want to mark the others.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, InputError
+from .volume import Volume
+
+ORIENTATIONS = ("LPS-axial",)
+MIDLINES = ("center", "symmetry", None)
+
+
+# ------------------------------------------------------------------------------ orientation
+def canonical_axes(direction) -> tuple:
+    """For each canonical axis (i->L, j->P, k->S): (input array axis, flipped?) in numpy order.
+
+    Returns ``(perm, flip)`` where ``perm[a]`` is the input numpy axis that becomes canonical numpy
+    axis ``a`` (0 = k/S, 1 = j/P, 2 = i/L) and ``flip[a]`` says whether it is reversed.
+    """
+    d = np.abs(np.asarray(direction, dtype=float))
+    # columns of `direction` are the LPS directions of input i, j, k; find the best one-to-one match
+    best, best_score = None, -1.0
+    for p in ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)):
+        score = d[0, p[0]] + d[1, p[1]] + d[2, p[2]]   # LPS axis L gets input axis p[0], ...
+        if score > best_score + 1e-9:
+            best, best_score = p, score
+    direction = np.asarray(direction, dtype=float)
+    perm, flip = [], []
+    for lps_axis in (2, 1, 0):          # canonical numpy axes: S (k), P (j), L (i)
+        in_xyz = best[lps_axis]         # input axis in (i, j, k) order
+        perm.append(2 - in_xyz)         # numpy axis of that input axis
+        flip.append(bool(direction[lps_axis, in_xyz] < 0))
+    return tuple(perm), tuple(flip)
+
+
+def to_canonical(volume: Volume) -> Volume:
+    """The volume with axes permuted/flipped to LPS-axial (same voxels, same physical positions)."""
+    perm, flip = canonical_axes(volume.direction)
+    array = np.transpose(np.asarray(volume.array), perm)
+    flips = [a for a in range(3) if flip[a]]
+    if flips:
+        array = np.flip(array, axis=flips)
+    # geometry: canonical (i, j, k) axis a_xyz comes from input xyz axis 2 - perm[2 - a_xyz]
+    direction = np.zeros((3, 3))
+    spacing = np.zeros(3)
+    first = np.zeros(3)                  # input continuous index (i, j, k) of canonical voxel 0
+    in_shape_xyz = np.asarray(volume.array.shape)[::-1]
+    for a_xyz in range(3):
+        a_np = 2 - a_xyz
+        src_xyz = 2 - perm[a_np]
+        sign = -1.0 if flip[a_np] else 1.0
+        direction[:, a_xyz] = sign * volume.direction[:, src_xyz]
+        spacing[a_xyz] = volume.spacing[src_xyz]
+        if flip[a_np]:
+            first[src_xyz] = in_shape_xyz[src_xyz] - 1
+    origin = volume.index_to_physical(first)
+    return Volume(array=np.ascontiguousarray(array), spacing=tuple(spacing), origin=tuple(origin),
+                  direction=direction, metadata=dict(volume.metadata))
+
+
+def from_canonical(array: np.ndarray, perm, flip) -> np.ndarray:
+    """Undo :func:`to_canonical` on an array of the canonical shape."""
+    flips = [a for a in range(3) if flip[a]]
+    if flips:
+        array = np.flip(array, axis=flips)
+    return np.ascontiguousarray(np.transpose(array, np.argsort(perm)))
+
+
+# ------------------------------------------------------------------------------ slice sampling
+def sample_positions(num_slices: int, S: int, offset: float = 0.0) -> np.ndarray:
+    """Continuous slice positions (S,) of the evenly spaced, centred sampling grid shifted by ``offset``."""
+    if not 0.0 <= offset < 1.0:
+        raise ConfigError(f"slice offset {offset} must be in [0, 1)")
+    o = offset if offset < 0.5 else offset - 1.0
+    return (np.arange(S) + 0.5 + o) * (num_slices / S) - 0.5
+
+
+def sample_slices(num_slices: int, S: int, offset: float = 0.0) -> np.ndarray:
+    """Indices (S,) of the sampled slices among ``num_slices`` (repeats when num_slices < S)."""
+    positions = sample_positions(num_slices, S, offset)
+    return np.clip(np.floor(positions + 0.5), 0, num_slices - 1).astype(np.int64)
+
+
+def coverage_offsets(num_slices: int, S: int) -> list:
+    """The fewest evenly spaced offsets whose samplings together see every one of ``num_slices``."""
+    n = max(1, math.ceil(num_slices / S))
+    while True:
+        offsets = [m / n for m in range(n)]
+        seen = np.unique(np.concatenate([sample_slices(num_slices, S, o) for o in offsets]))
+        if len(seen) == num_slices:
+            return offsets
+        n += 1
+
+
+# ------------------------------------------------------------------------------ the spec
+def check_spec(spec: dict) -> dict:
+    """A validated copy of a preprocessing spec (raises ConfigError naming the bad key)."""
+    try:
+        lo, hi = (float(v) for v in spec["window"])
+        S = int(spec["slices"])
+        H, W = (int(v) for v in spec["size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"preprocessing spec needs window [lo, hi], slices S and size [H, W] ({exc!r})") from None
+    orientation = spec.get("orientation", "LPS-axial")
+    midline = spec.get("midline")
+    if not lo < hi:
+        raise ConfigError(f"preprocessing window {lo}..{hi} must have lo < hi")
+    if S < 1 or H < 4 or W < 4:
+        raise ConfigError(f"preprocessing slices {S} / size {H}x{W} out of range")
+    if orientation not in ORIENTATIONS:
+        raise ConfigError(f"orientation {orientation!r} unknown; use one of {ORIENTATIONS}")
+    if midline not in MIDLINES:
+        raise ConfigError(f"midline {midline!r} unknown; use 'center', 'symmetry' or null")
+    return {"window": [lo, hi], "slices": S, "size": [H, W], "orientation": orientation, "midline": midline}
+
+
+def window(array, lo: float, hi: float) -> np.ndarray:
+    """HU window [lo, hi] -> [0, 1] float32."""
+    return ((np.clip(np.asarray(array, dtype=np.float32), lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def _resize(stack: np.ndarray, size, antialias: bool) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
+    out = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False, antialias=antialias)
+    return out[:, 0].numpy()
+
+
+def _shift_columns(stack: np.ndarray, shift: int) -> np.ndarray:
+    """Shift along the last axis by ``shift`` pixels (positive: to larger w), filling with 0."""
+    if shift == 0:
+        return stack
+    out = np.zeros_like(stack)
+    if shift > 0:
+        out[..., shift:] = stack[..., :-shift]
+    else:
+        out[..., :shift] = stack[..., -shift:]
+    return out
+
+
+def estimate_midline(stack: np.ndarray, max_fraction: float = 0.15) -> float:
+    """Column (continuous, pixel centres) about which ``stack`` (S, H, W) is most mirror-symmetric.
+
+    Tries every reflection axis within ``max_fraction * W`` of the centre and keeps the one with the
+    highest normalised correlation between the image and its mirror image.
+    """
+    image = np.asarray(stack, dtype=np.float64).mean(axis=0)
+    W = image.shape[1]
+    mirrored = image[:, ::-1]
+    best_d, best_score = 0, -np.inf
+    max_d = max(1, int(round(2 * max_fraction * W)))
+    for d in range(-max_d, max_d + 1):
+        # mirror about c = (W - 1 + d) / 2: compare image[:, x] with image[:, W - 1 + d - x]
+        if d >= 0:
+            a, b = image[:, d:], mirrored[:, :W - d]
+        else:
+            a, b = image[:, :W + d], mirrored[:, -d:]
+        a, b = a - a.mean(), b - b.mean()
+        denom = np.sqrt((a * a).sum() * (b * b).sum())
+        score = (a * b).sum() / denom if denom > 0 else -np.inf
+        if score > best_score:
+            best_d, best_score = d, score
+    return (W - 1 + best_d) / 2.0
+
+
+# ------------------------------------------------------------------------------ Prepared
+@dataclass
+class Prepared:
+    """A volume prepared for a model, with what is needed to map results back."""
+    tensor: torch.Tensor              # (S, 1, H, W) float32 in [0, 1]
+    slice_indices: np.ndarray         # (S,) indices of the sampled slices along the input's slice axis
+    input: Volume                     # the input volume (geometry reference; not modified)
+    canonical: Volume                 # the input relabelled to LPS-axial (same voxels)
+    canonical_indices: np.ndarray     # (S,) sampled canonical k indices
+    perm: tuple                       # numpy axis permutation input -> canonical
+    flip: tuple                       # flips applied after the permutation
+    spec: dict
+    offset: float = 0.0
+    midline: dict = field(default_factory=dict)   # {"method", "column", "shift_px"}
+    warnings: list = field(default_factory=list)
+
+    @property
+    def slice_axis(self) -> int:
+        """The input numpy axis along which slices were sampled (0 for an axial scan)."""
+        return int(self.perm[0])
+
+    def slices_seen(self) -> np.ndarray:
+        """Sorted unique indices of the input slices (along :attr:`slice_axis`) the model saw."""
+        return np.unique(self.slice_indices)
+
+    # model grid -> canonical continuous index
+    def model_to_canonical(self, s, h, w) -> np.ndarray:
+        """Continuous canonical (i, j, k) of model pixel (s, h, w) (arrays broadcast)."""
+        K, J, I = self.canonical.array.shape
+        H, W = self.spec["size"]
+        shift = self.midline.get("shift_px", 0)
+        j = (np.asarray(h, dtype=float) + 0.5) * J / H - 0.5
+        i = (np.asarray(w, dtype=float) - shift + 0.5) * I / W - 0.5
+        k = self.canonical_indices[np.asarray(s)].astype(float)
+        return np.stack(np.broadcast_arrays(i, j, k), axis=-1)
+
+    def model_to_physical(self, s, h, w) -> np.ndarray:
+        """LPS millimetres of the centre of model pixel (s, h, w)."""
+        return self.canonical.index_to_physical(self.model_to_canonical(s, h, w))
+
+    def to_canonical_grid(self, map_shw) -> np.ndarray:
+        """A model-grid map (S, H, W) on the canonical grid (K, J, I): inverse shift and resize,
+        nearest sampled slice along k (mean over ties and repeats)."""
+        m = np.asarray(map_shw.detach().cpu() if torch.is_tensor(map_shw) else map_shw, dtype=np.float32)
+        if m.ndim == 4 and m.shape[1] == 1:
+            m = m[:, 0]
+        S = self.spec["slices"]
+        H, W = self.spec["size"]
+        if m.shape != (S, H, W):
+            raise ValueError(f"map of shape {m.shape}; expected (S, H, W) = {(S, H, W)}")
+        K, J, I = self.canonical.array.shape
+        m = _shift_columns(m, -self.midline.get("shift_px", 0))
+        m = _resize(m, (J, I), antialias=False)
+        out = np.empty((K, J, I), dtype=np.float32)
+        positions = self.canonical_indices.astype(float)
+        for k in range(K):
+            dist = np.abs(positions - k)
+            nearest = np.flatnonzero(dist <= dist.min() + 1e-9)
+            out[k] = m[nearest].mean(axis=0) if len(nearest) > 1 else m[nearest[0]]
+        return out
+
+    def to_input_grid(self, map_shw, **metadata) -> Volume:
+        """A model-grid map (S, H, W) as a float32 Volume on the input volume's grid."""
+        canonical = self.to_canonical_grid(map_shw)
+        return self.input.with_array(from_canonical(canonical, self.perm, self.flip), **metadata)
+
+    def to_model_grid(self, volume: Volume, mode: str = "nearest") -> np.ndarray:
+        """Another volume on the input grid (e.g. a lesion mask) sampled like the input: (S, H, W)
+        float32, without windowing. ``mode`` "nearest" for labels, "bilinear" for intensities."""
+        if tuple(volume.array.shape) != tuple(self.input.array.shape):
+            raise ValueError(f"volume of shape {volume.array.shape} is not on the input grid {self.input.array.shape}")
+        array = np.transpose(np.asarray(volume.array), self.perm)
+        flips = [a for a in range(3) if self.flip[a]]
+        if flips:
+            array = np.flip(array, axis=flips)
+        stack = np.asarray(array[self.canonical_indices], dtype=np.float32)
+        t = torch.from_numpy(np.ascontiguousarray(stack))[:, None]
+        if mode == "nearest":
+            out = F.interpolate(t, size=tuple(self.spec["size"]), mode="nearest-exact")
+        else:
+            out = F.interpolate(t, size=tuple(self.spec["size"]), mode="bilinear", align_corners=False)
+        return _shift_columns(out[:, 0].numpy(), self.midline.get("shift_px", 0))
+
+
+def prepare(volume: Volume, spec: dict, offset: float = 0.0) -> Prepared:
+    """Prepare ``volume`` (HU) for a model as its card's ``spec`` says (see the module docstring)."""
+    spec = check_spec(spec)
+    if np.asarray(volume.array).ndim != 3:
+        raise InputError(f"the image is {np.asarray(volume.array).ndim}-D; ACAT needs a 3-D CT volume")
+    S = spec["slices"]
+    H, W = spec["size"]
+    notes = []
+    perm, flip = canonical_axes(volume.direction)
+    canonical = to_canonical(volume)
+    K, J, I = canonical.array.shape
+    if K < S:
+        message = f"the volume has {K} slices, fewer than the model's {S}: some slices are used twice"
+        notes.append(message)
+        warnings.warn(message, stacklevel=2)
+    ks = sample_slices(K, S, offset)
+    stack = window(canonical.array[ks], *spec["window"])
+    stack = _resize(stack, (H, W), antialias=(H < J or W < I))
+    midline = {"method": spec["midline"], "column": (W - 1) / 2.0, "shift_px": 0}
+    if spec["midline"] == "symmetry":
+        column = estimate_midline(stack)
+        shift = int(round((W - 1) / 2.0 - column))
+        stack = _shift_columns(stack, shift)
+        midline.update(column=column, shift_px=shift)
+    slice_indices = ks if not flip[0] else (volume.array.shape[perm[0]] - 1 - ks)
+    tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
+    return Prepared(tensor=tensor, slice_indices=np.asarray(slice_indices, dtype=np.int64), input=volume,
+                    canonical=canonical, canonical_indices=ks, perm=perm, flip=flip, spec=spec,
+                    offset=float(offset), midline=midline, warnings=notes)

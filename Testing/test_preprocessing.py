@@ -1,0 +1,158 @@
+"""Preprocessing: orientation, slice sampling, window/resize/midline, and the inverse mapping."""
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from ACATCore.errors import ConfigError
+from ACATCore.preprocessing import (coverage_offsets, estimate_midline, prepare, sample_slices, to_canonical,
+                                    window)
+from ACATCore.volume import Volume
+
+SPEC = {"window": [-1000, 1000], "slices": 7, "size": [48, 40], "orientation": "LPS-axial", "midline": None}
+ROT = Rotation.from_euler("xyz", [12, -18, 25], degrees=True).as_matrix()
+SAGITTAL = np.array([[0, 0, 1], [1, 0, 0], [0, -1, 0]], dtype=float)   # i -> S, j -> L, k -> A
+DIRECTIONS = {
+    "lps": np.eye(3),
+    "ras": np.diag([-1.0, -1.0, 1.0]),
+    "oblique": ROT,
+    "oblique_sagittal": ROT @ SAGITTAL,
+    "oblique_ras": np.diag([-1.0, -1.0, 1.0]) @ ROT,
+}
+
+
+def linear_volume(direction, shape=(23, 30, 37), spacing=(0.8, 1.1, 2.5), coef=(3.0, -2.0, 1.5)):
+    """A volume whose value is a linear function of the LPS position (so resampling is exact)."""
+    v = Volume(np.zeros(shape, np.float32), spacing, (5.0, -7.0, 11.0), direction)
+    k, j, i = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    v.array = (v.index_to_physical(np.stack([i, j, k], -1)) @ np.asarray(coef)).astype(np.float32)
+    return v
+
+
+def test_slice_sampling_is_centred_evenly_spaced_and_covers_with_offsets():
+    ks = sample_slices(100, 11)
+    assert len(ks) == 11 and ks.min() >= 0 and ks.max() <= 99
+    np.testing.assert_allclose(ks + ks[::-1], 99, atol=1)          # centred
+    assert np.ptp(np.diff(ks)) <= 1                                # evenly spaced
+    assert (np.diff(ks) > 0).all()
+    for K, S in [(100, 11), (34, 11), (11, 11), (5, 11), (257, 7)]:
+        offsets = coverage_offsets(K, S)
+        seen = np.unique(np.concatenate([sample_slices(K, S, o) for o in offsets]))
+        assert seen.tolist() == list(range(K))
+        assert all(0 <= o < 1 for o in offsets)
+    with pytest.raises(ConfigError):
+        sample_slices(10, 3, offset=1.0)
+
+
+def test_fewer_slices_than_asked_repeat_with_a_warning():
+    v = linear_volume(np.eye(3), shape=(5, 20, 20))
+    with pytest.warns(UserWarning, match="fewer than"):
+        p = prepare(v, SPEC)
+    assert p.tensor.shape == (7, 1, 48, 40)
+    assert sorted(set(p.slice_indices.tolist())) == [0, 1, 2, 3, 4]
+    assert p.warnings and "used twice" in p.warnings[0]
+    np.testing.assert_array_equal(p.slices_seen(), [0, 1, 2, 3, 4])
+
+
+def test_output_contract_and_window():
+    p = prepare(linear_volume(np.eye(3)), SPEC)
+    assert isinstance(p.tensor, torch.Tensor) and p.tensor.dtype == torch.float32
+    assert p.tensor.shape == (7, 1, 48, 40)
+    assert 0.0 <= float(p.tensor.min()) and float(p.tensor.max()) <= 1.0
+    assert p.slice_indices.shape == (7,)
+    np.testing.assert_allclose(window([-2000, -1000, 0, 1000, 3000], -1000, 1000), [0, 0, 0.5, 1, 1])
+
+
+@pytest.mark.parametrize("name", list(DIRECTIONS))
+def test_forward_samples_the_right_physical_points(name):
+    v = linear_volume(DIRECTIONS[name])
+    p = prepare(v, SPEC)
+    s, h, w = np.meshgrid(np.arange(7), np.arange(48), np.arange(40), indexing="ij")
+    expected = window(p.model_to_physical(s, h, w) @ np.array([3.0, -2.0, 1.5]), -1000, 1000)
+    got = p.tensor[:, 0].numpy()
+    np.testing.assert_allclose(got[:, 2:-2, 2:-2], expected[:, 2:-2, 2:-2], atol=1e-5)
+
+
+def test_canonical_orientation_rows_anterior_columns_patient_right_first():
+    # the same physical head stored LPS and RAS: identical model input; patient right in w < W/2
+    lps = Volume(np.full((8, 30, 30), -1000.0, np.float32), (1, 1, 3), (0, 0, 0), np.eye(3))
+    lps.array[:, 5:10, 3:8] = 1000          # anterior (small j) and patient right (small i: x < 0 side)
+    ras_array = lps.array[:, ::-1, ::-1].copy()
+    ras_origin = lps.index_to_physical([29, 29, 0])
+    ras = Volume(ras_array, (1, 1, 3), ras_origin, np.diag([-1.0, -1.0, 1.0]))
+    p1, p2 = prepare(lps, SPEC), prepare(ras, SPEC)
+    torch.testing.assert_close(p1.tensor, p2.tensor)
+    bright = np.argwhere(p1.tensor[3, 0].numpy() > 0.5)
+    assert bright[:, 1].max() < 20 and bright[:, 0].max() < 24      # right side, anterior half
+    canonical = to_canonical(ras)
+    np.testing.assert_allclose(canonical.direction, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(canonical.origin, lps.origin, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", list(DIRECTIONS))
+@pytest.mark.parametrize("midline", [None, "symmetry"])
+def test_inverse_mapping_lands_within_one_voxel(name, midline):
+    v = linear_volume(DIRECTIONS[name])
+    p = prepare(v, {**SPEC, "midline": midline})
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        s, h, w = int(rng.integers(7)), int(rng.integers(6, 42)), int(rng.integers(6, 34))
+        shift = p.midline["shift_px"]
+        if not 0 <= w - shift < 40:
+            continue
+        m = np.zeros((7, 48, 40), np.float32)
+        m[s, h, w] = 1.0
+        back = p.to_input_grid(m)
+        assert back.array.shape == v.array.shape and back.array.dtype == np.float32
+        target = v.physical_to_index(p.model_to_physical(s, h, w))         # continuous (i, j, k)
+        # look at the input slice this model slice was sampled from
+        axis = p.slice_axis
+        plane = np.take(back.array, p.slice_indices[s], axis=axis)
+        peak = list(np.unravel_index(np.argmax(plane), plane.shape))
+        peak.insert(axis, p.slice_indices[s])
+        peak_ijk = np.asarray(peak[::-1], dtype=float)
+        assert np.abs(peak_ijk - target).max() <= 1.0, (peak_ijk, target)
+
+
+def test_inverse_gives_every_slice_the_nearest_sampled_slice():
+    v = linear_volume(np.eye(3), shape=(21, 20, 20))
+    p = prepare(v, SPEC)
+    m = np.broadcast_to(np.arange(7, dtype=np.float32)[:, None, None], (7, 48, 40))
+    back = p.to_input_grid(m).array[:, 10, 10]
+    for k in range(21):
+        nearest = np.abs(p.slice_indices - k)
+        assert back[k] == pytest.approx(np.mean(np.flatnonzero(nearest == nearest.min())), abs=1e-5)
+
+
+def test_symmetry_midline_finds_an_off_centre_head():
+    W = 64
+    yy, xx = np.mgrid[:48, :W]
+    head = (((xx - 38.0) / 16) ** 2 + ((yy - 24.0) / 20) ** 2 < 1).astype(np.float32)   # centred at column 38
+    head += 0.5 * (((xx - 38.0) / 6) ** 2 + ((yy - 14.0) / 4) ** 2 < 1)
+    assert estimate_midline(head[None]) == pytest.approx(38.0, abs=0.6)
+    array = np.where(np.repeat(head[None], 9, 0) > 0, 40.0, -1000.0).astype(np.float32)
+    p = prepare(Volume(array), {**SPEC, "size": [48, W], "midline": "symmetry"})
+    assert p.midline["method"] == "symmetry"
+    assert abs(p.midline["shift_px"] - ((W - 1) / 2 - 38.0)) <= 0.5      # 38 -> 31.5: 6 or 7 columns left
+    cols = np.flatnonzero(p.tensor[4, 0].numpy().max(axis=0) > 0.5)
+    assert abs((cols[0] + cols[-1]) / 2 - (W - 1) / 2) <= 1.0
+    assert prepare(Volume(array), {**SPEC, "size": [48, W], "midline": "center"}).midline["shift_px"] == 0
+
+
+def test_to_model_grid_samples_a_mask_like_the_image():
+    v = linear_volume(ROT)
+    mask = v.with_array((v.array > 0).astype(np.uint8))
+    p = prepare(v, SPEC)
+    m = p.to_model_grid(mask)
+    assert m.shape == (7, 48, 40) and set(np.unique(m)) <= {0.0, 1.0}
+    image = p.tensor[:, 0].numpy()
+    agree = ((image > 0.5) == (m > 0.5))[:, 2:-2, 2:-2].mean()
+    assert agree > 0.97
+
+
+def test_bad_spec_is_a_config_error():
+    v = linear_volume(np.eye(3))
+    for bad in ({**SPEC, "window": [100, 0]}, {**SPEC, "midline": "left"}, {**SPEC, "orientation": "RAS"},
+                {"slices": 3}):
+        with pytest.raises(ConfigError):
+            prepare(v, bad)
