@@ -1,0 +1,275 @@
+"""Building blocks shared by the ACAT models.
+
+Shapes: a model input is ``(B, S, 1, H, W)`` (B volumes, S slices); inside the networks the slices
+are folded into the batch, ``(B*S, C, h, w)``. See docs/INTERFACES.md.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError, InputError
+
+BRAIN_CLASS_NAMES = ("no lesion", "left", "right", "both")
+BRAIN_SIDE_NAMES = ("left", "right", "both")
+
+
+# --------------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------------
+def check_volume_input(x, name: str = "x", channels: int = 1, even_width: bool = False,
+                       size: tuple[int, int] | None = None) -> None:
+    """Raise :class:`InputError` (one line) unless ``x`` is a float tensor ``(B, S, channels, H, W)``."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name} must be a torch tensor of shape (B, S, {channels}, H, W), got {type(x).__name__}")
+    if x.dim() != 5 or x.shape[2] != channels:
+        raise InputError(f"expected {name} of shape (B, S, {channels}, H, W) (volumes, slices, channel, rows, "
+                         f"columns), got {tuple(x.shape)}")
+    if min(x.shape) < 1:
+        raise InputError(f"{name} has an empty dimension: {tuple(x.shape)}")
+    if not torch.is_floating_point(x):
+        raise InputError(f"{name} must be a floating-point tensor (windowed CT in [0, 1]), got {x.dtype}")
+    if even_width and x.shape[-1] % 2:
+        raise InputError(f"brain models split each slice at W/2 into hemispheres: the width W must be even, "
+                         f"got W={x.shape[-1]}")
+    if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        raise InputError(f"this model was built for slices of {size[0]}x{size[1]}, got {x.shape[-2]}x{x.shape[-1]}; "
+                         "resize the input (see the model card's preprocessing)")
+
+
+def check_saliency_input(x: torch.Tensor, saliency) -> None:
+    """The saliency map must have exactly the image's shape."""
+    if saliency is None:
+        raise InputError("this model needs a saliency map: call model(x, saliency) with saliency of x's shape")
+    if not isinstance(saliency, torch.Tensor) or tuple(saliency.shape) != tuple(x.shape):
+        got = tuple(saliency.shape) if isinstance(saliency, torch.Tensor) else type(saliency).__name__
+        raise InputError(f"expected saliency of the image's shape {tuple(x.shape)}, got {got}")
+
+
+def check_min_size(h: int, w: int, min_h: int, min_w: int, what: str) -> None:
+    if h < min_h or w < min_w:
+        raise InputError(f"slices of {h}x{w} are too small for {what}: need at least {min_h}x{min_w}")
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def as_int_list(name: str, values, length: int | None = None) -> list[int]:
+    try:
+        out = [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a list of integers, got {values!r}") from None
+    if length is not None and len(out) != length:
+        raise ConfigError(f"{name} must have {length} entries, got {len(out)}")
+    if any(v < 1 for v in out):
+        raise ConfigError(f"{name} entries must be >= 1, got {out}")
+    return out
+
+
+def fold(x: torch.Tensor) -> torch.Tensor:
+    """(B, S, C, H, W) -> (B*S, C, H, W)."""
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def unfold(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """(B*S, ...) -> (B, S, ...)."""
+    return t.reshape(batch, t.shape[0] // batch, *t.shape[1:])
+
+
+def relu() -> nn.ReLU:
+    """ReLU that is never in place, so forward/backward hooks (Grad-CAM, Captum) see true values."""
+    return nn.ReLU(inplace=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Hemispheres (brain): the patient's RIGHT side lies in columns w < W/2 (INTERFACES.md)
+# --------------------------------------------------------------------------------------------------
+def split_hemispheres(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (2N, C, H, W/2): first the N right halves as they are, then the N left halves
+    mirrored left-right, so that both sides look alike and share the same filters."""
+    half = x.shape[-1] // 2
+    right = x[..., :half]
+    left = torch.flip(x[..., half:], dims=[-1])
+    return torch.cat([right, left], dim=0)
+
+
+def merge_hemispheres(t: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`split_hemispheres` for feature maps: (2N, C, h, w) -> (N, C, h, 2w), the left
+    half mirrored back, so the map is aligned with the input slice."""
+    n = t.shape[0] // 2
+    return torch.cat([t[:n], torch.flip(t[n:], dims=[-1])], dim=-1)
+
+
+class HemisphereMerge(nn.Module):
+    """Module form of :func:`merge_hemispheres`; its output is a whole-slice feature map (the brain
+    models' ``cam_layer``)."""
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return merge_hemispheres(t)
+
+
+def hemisphere_features(merged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global average pool of each half of a merged map (N, C, h, 2w) -> (right (N, C), left (N, C))."""
+    w = merged.shape[-1] // 2
+    return merged[..., :w].mean(dim=(-2, -1)), merged[..., w:].mean(dim=(-2, -1))
+
+
+# --------------------------------------------------------------------------------------------------
+# Brain multi-task heads
+# --------------------------------------------------------------------------------------------------
+def combine_mtl(lesion_logits: torch.Tensor, side_logits: torch.Tensor) -> torch.Tensor:
+    """4-class log-probabilities (no lesion, left, right, both) from the two heads:
+    P(none) = P(no lesion); P(side) = P(lesion) * P(side | lesion)."""
+    log_lesion = F.log_softmax(lesion_logits, dim=-1)
+    log_side = F.log_softmax(side_logits, dim=-1)
+    return torch.cat([log_lesion[:, :1], log_lesion[:, 1:2] + log_side], dim=-1)
+
+
+class SymmetricMTLHeads(nn.Module):
+    """Lesion head (2) and side head (3: left, right, both) on the concatenated features of both sides.
+
+    The concatenation is ordered "this side first": ``v_left = [f_left, f_right]``,
+    ``v_right = [f_right, f_left]``. The lesion head averages one linear map over both orders, the side
+    head scores "left" from ``v_left`` and "right" from ``v_right`` with the same weights, "both" from
+    both orders. So mirroring a scan swaps the left and right outputs exactly and leaves the rest.
+    """
+
+    def __init__(self, features: int, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.lesion = nn.Linear(2 * features, 2)
+        self.side = nn.Linear(2 * features, 1)
+        self.both = nn.Linear(2 * features, 1)
+
+    def forward(self, right: torch.Tensor, left: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v_left = self.dropout(torch.cat([left, right], dim=-1))
+        v_right = self.dropout(torch.cat([right, left], dim=-1))
+        lesion = 0.5 * (self.lesion(v_left) + self.lesion(v_right))
+        both = 0.5 * (self.both(v_left) + self.both(v_right))
+        side = torch.cat([self.side(v_left), self.side(v_right), both], dim=-1)
+        return lesion, side
+
+
+class PlainMTLHeads(nn.Module):
+    """Lesion head (2) and side head (3) on one feature vector (models without hemispheres, e.g. ViT)."""
+
+    def __init__(self, features: int, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.lesion = nn.Linear(features, 2)
+        self.side = nn.Linear(features, 3)
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.dropout(feats)
+        return self.lesion(feats), self.side(feats)
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention modules
+# --------------------------------------------------------------------------------------------------
+class SpatialAttention(nn.Module):
+    """Soft spatial attention mask from features (paper Sec. 3.1): pool over channels (max by
+    default, or avg), 3x3 convolution, [BatchNorm: the authors' code], sigmoid -> S_s (N, 1, h, w)."""
+
+    def __init__(self, pool: str = "max", batchnorm: bool = False):
+        super().__init__()
+        check_choice("attention_pool", pool, ("max", "avg"))
+        self.pool = pool
+        self.conv = nn.Conv2d(1, 1, kernel_size=3, padding=1, bias=not batchnorm)
+        self.norm = nn.BatchNorm2d(1) if batchnorm else nn.Identity()
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        if self.pool == "max":
+            pooled = s.amax(dim=1, keepdim=True)  # S_p^i
+        else:
+            pooled = s.mean(dim=1, keepdim=True)
+        return torch.sigmoid(self.norm(self.conv(pooled)))  # S_s^i
+
+
+def modulate(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """G = F + F * S (Eq. 1 with the skip connection of Sec. 3.1); S broadcast over channels."""
+    return features + features * mask
+
+
+class AttentionFusion(nn.Module):
+    """Attention fusion layer L_f (Sec. 3.1.1): each mask average-pooled to the last feature map's
+    (h', w'), concatenated, 1x1 convolution -> S_f; sigmoid on it by default (paper), none with
+    ``sigmoid=False`` (the authors' code)."""
+
+    def __init__(self, masks: int = 3, sigmoid: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(masks, 1, kernel_size=1)
+        self.sigmoid = sigmoid
+
+    def forward(self, masks: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        pooled = [F.adaptive_avg_pool2d(m, size) for m in masks]  # S_{s,p}
+        fused = self.conv(torch.cat(pooled, dim=1))
+        return torch.sigmoid(fused) if self.sigmoid else fused
+
+
+class SliceAttention(nn.Module):
+    """Attention over slices (Sec. 4.2): MLP with one hidden layer, leaky ReLU, dropout 0.1, sigmoid.
+
+    ``mode="shared"`` (default) scores each slice from its own features with one MLP, so any slice
+    count works; ``mode="joint"`` (the authors' code) reads the features of all ``num_slices`` slices at
+    once and outputs one score per slice. ``normalise=True`` (default) divides the weights by their sum
+    (a weighted mean, like the baseline's slice mean); ``False`` is the authors' plain weighted sum.
+    """
+
+    def __init__(self, features: int, hidden: int = 64, dropout: float = 0.1, mode: str = "shared",
+                 num_slices: int | None = None, normalise: bool = True):
+        super().__init__()
+        check_choice("slice_attention", mode, ("shared", "joint"))
+        if mode == "joint" and not num_slices:
+            raise ConfigError("slice_attention='joint' needs num_slices (the fixed number of slices)")
+        self.mode = mode
+        self.num_slices = num_slices
+        self.normalise = normalise
+        n_in, n_out = (features, 1) if mode == "shared" else (features * num_slices, num_slices)
+        self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.LeakyReLU(0.01), nn.Dropout(dropout),
+                                 nn.Linear(hidden, n_out))
+
+    def scores(self, feats: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid scores (B, S) from slice features (B, S, F)."""
+        b, s, _ = feats.shape
+        if self.mode == "shared":
+            return self.mlp(feats).squeeze(-1)
+        if s != self.num_slices:
+            raise InputError(f"this model's slice attention was built for {self.num_slices} slices, got {s}")
+        return self.mlp(feats.reshape(b, -1))
+
+    def weights(self, scores: torch.Tensor) -> torch.Tensor:
+        w = torch.sigmoid(scores)
+        if self.normalise:
+            w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-6)
+        return w
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, F) -> (pooled (B, F), weights (B, S))."""
+        w = self.weights(self.scores(feats))
+        return (w.unsqueeze(-1) * feats).sum(dim=1), w
+
+
+class SelfAttention2d(nn.Module):
+    """SAGAN self-attention (Zhang et al. 2019): query/key 1x1 convs to C/8, value 1x1 conv to C,
+    softmax over positions, output gamma * o + x with gamma starting at 0."""
+
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        inner = max(1, channels // reduction)
+        self.query = nn.Conv2d(channels, inner, 1)
+        self.key = nn.Conv2d(channels, inner, 1)
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        q = self.query(x).flatten(2).transpose(1, 2)  # (n, hw, c')
+        k = self.key(x).flatten(2)  # (n, c', hw)
+        attn = torch.softmax(torch.bmm(q, k), dim=-1)  # (n, hw, hw)
+        v = self.value(x).flatten(2)  # (n, c, hw)
+        o = torch.bmm(v, attn.transpose(1, 2)).reshape(n, c, h, w)
+        return self.gamma * o + x
