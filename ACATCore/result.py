@@ -30,6 +30,7 @@ class AnalysisResult:
     peak_territory: Optional[str] = None  # brain only: vascular territory holding the peak
     model_card: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)   # stage -> seconds
+    settings: dict = field(default_factory=dict)  # how the analysis was run (coverage, steps, alpha, ...)
     warnings: list = field(default_factory=list)
 
     @property

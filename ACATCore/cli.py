@@ -1,0 +1,383 @@
+"""The ``acat`` command.
+
+    acat analyze INPUT --model lung|brain|BUNDLE_DIR --out DIR [--format nrrd|nifti]
+                 [--coverage full|sampled] [--steps 20] [--alpha 100] [--device auto]
+                 [--early-stop P] [--no-report] [--overwrite] [--json] [--quiet]
+    acat info MODEL [--json]
+    acat synth ...            (the ACAT-Synth generator: ``acat synth --help``)
+
+INPUT is a CT file (NRRD, NIfTI, MHA), a DICOM series folder, or, for a batch, a folder of CT files
+and/or DICOM sub-folders, or a datalist (MONAI-style ``.json`` with ``"image"`` entries, or ``.csv``
+with an ``image`` column). A batch writes ``DIR/<case>/`` per case and ``DIR/summary.csv``.
+
+Exit codes: 0 done; 2 a problem the user can fix (bad input, bad model file, output folder exists
+without --overwrite, bad option; in a batch: any case failed); 130 interrupted (Ctrl-C). Errors are
+one line on stderr; nothing half-written is left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from .errors import ACATError, ConfigError, InputError, ModelFileError
+
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    parser = argparse.ArgumentParser(prog="acat", description="ACAT: counterfactual saliency and attention "
+                                     "for head and chest CT (research software, not for diagnosis).")
+    parser.add_argument("--version", action="version", version=f"acat {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    a = sub.add_parser("analyze", help="analyse a CT volume, a DICOM folder, or a batch",
+                       description="Analyse CT with an ACAT model: probabilities, saliency, attention "
+                       "masks, counterfactuals, slice weights, and a visual report.")
+    a.add_argument("input", help="CT file, DICOM folder, folder of cases, or datalist (.json/.csv)")
+    a.add_argument("--model", "-m", default=None, help="shipped model name (brain, lung) or bundle folder "
+                   "(required)")
+    a.add_argument("--out", "-o", required=True, help="output folder (must not exist, or use --overwrite)")
+    a.add_argument("--format", choices=("nrrd", "nifti"), default="nrrd", help="map file format (default nrrd)")
+    a.add_argument("--coverage", choices=("full", "sampled"), default="full",
+                   help="full: the model sees every slice (several samplings, default); sampled: the "
+                   "paper's single sampling of S slices")
+    a.add_argument("--steps", type=int, default=20, help="counterfactual gradient steps (default 20)")
+    a.add_argument("--alpha", type=float, default=100.0, help="counterfactual L1 weight (default 100)")
+    a.add_argument("--early-stop", type=float, default=None, metavar="P",
+                   help="stop a counterfactual once its target probability reaches P (default: never)")
+    a.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    a.add_argument("--batch", action="store_true", help="treat INPUT as a batch even if it looks like one case")
+    a.add_argument("--no-report", action="store_true", help="skip the PNG/HTML report")
+    a.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    a.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    a.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    i = sub.add_parser("info", help="print a model card", description="Print the model card of a shipped "
+                       "model, a bundle folder or a model file, and check the weights' SHA-256.")
+    i.add_argument("model", help="brain, lung, a bundle folder, or a .safetensors/.json model file")
+    i.add_argument("--json", action="store_true", help="print the card(s) as JSON")
+
+    sub.add_parser("synth", help="generate the ACAT-Synth benchmark (see: acat synth --help)",
+                   add_help=False)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "synth":
+        return _synth(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_ERROR
+    try:
+        if args.command == "analyze":
+            return _analyze(args)
+        if args.command == "info":
+            return _info(args)
+    except KeyboardInterrupt:
+        print("acat: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ACATError as exc:
+        from .pipeline import Cancelled
+        if isinstance(exc, Cancelled):
+            print(f"acat: {exc}; nothing was written", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        print(f"acat: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_ERROR
+
+
+def _one_line(exc) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# ------------------------------------------------------------------------------------ analyze
+class _Bar:
+    """A tqdm progress bar driven by ``(stage, fraction)`` callbacks."""
+
+    def __init__(self, quiet: bool):
+        self.bar = None
+        if not quiet:
+            from tqdm import tqdm
+            self.bar = tqdm(total=1000, file=sys.stderr, leave=False, dynamic_ncols=True,
+                            bar_format="{desc:<34.34}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+
+    def __call__(self, stage: str, fraction: float):
+        if self.bar is None:
+            return
+        self.bar.set_description_str(stage, refresh=False)
+        self.bar.update(max(0, int(fraction * 1000) - self.bar.n))
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _analyze(args) -> int:
+    from .report import check_output_folder
+    if args.model is None:
+        raise ConfigError("--model is required: a shipped model name (brain, lung) or a bundle folder")
+    if args.steps < 0:
+        raise ConfigError(f"--steps must be >= 0, not {args.steps}")
+    if not args.alpha >= 0:
+        raise ConfigError(f"--alpha must be >= 0, not {args.alpha}")
+    if args.early_stop is not None and not 0 < args.early_stop <= 1:
+        raise ConfigError(f"--early-stop must be a probability in (0, 1], not {args.early_stop}")
+    source = Path(args.input)
+    if not source.exists():
+        raise InputError(f"input {source} does not exist; give a CT file, a DICOM folder, a folder of cases "
+                         "or a datalist")
+    out = Path(args.out)
+    check_output_folder(out, args.overwrite)      # before any work: nothing is touched on refusal
+    if _resolves_inside(out, source):
+        raise ConfigError(f"the output folder {out} lies inside the input {source}; choose another --out")
+    cases = batch_inputs(source, force=args.batch)
+    options = dict(model=args.model, coverage=args.coverage, steps=args.steps, alpha=args.alpha,
+                   device=args.device, early_stop=args.early_stop, out_format=args.format,
+                   report=not args.no_report, overwrite=args.overwrite)
+    if cases is None:
+        return _analyze_one(source, out, args, options)
+    return _analyze_batch(cases, out, args, options)
+
+
+def _resolves_inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return folder.is_dir()
+    except ValueError:
+        return False
+
+
+def _analyze_one(source: Path, out: Path, args, options) -> int:
+    from .pipeline import analyze
+    bar = _Bar(args.quiet)
+    try:
+        result = analyze(source, out=out, progress=bar, **options)
+    finally:
+        bar.close()
+    doc = json.loads((out / "result.json").read_text(encoding="utf-8"))
+    if args.json:
+        print(json.dumps({**doc, "output": str(out)}, indent=2))
+    else:
+        _print_result(result, out)
+    return EXIT_OK
+
+
+def _print_result(result, out: Path):
+    print(f"{result.predicted_class}: {result.probabilities[result.predicted_index]:.1%}   "
+          + "  ".join(f"p({n})={p:.3f}" for n, p in zip(result.class_names, result.probabilities)))
+    if result.peak_lps is not None:
+        where = ", ".join(f"{v:.1f}" for v in result.peak_lps)
+        terr = f", territory {result.peak_territory}" if result.peak_territory else ""
+        print(f"saliency peak at LPS ({where}) mm{terr}")
+    print(f"model saw {len(result.slices_seen)} of {len(result.slice_weights)} slices")
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    report = out / "report" / "index.html"
+    print(f"outputs: {out}" + (f"\nreport:  {report}" if report.exists() else ""))
+
+
+def _analyze_batch(cases, out: Path, args, options) -> int:
+    from .pipeline import analyze_batch
+    from .report import AtomicFolder, write_summary_csv
+    if not cases:
+        raise InputError(f"no CT files, DICOM folders or datalist entries found in {args.input}")
+    # The whole batch folder is written beside ``out`` and moved into place at the end (all or
+    # nothing, like a single case); cases that fail are listed in summary.csv and on stderr.
+    overwrite = options.pop("overwrite")
+    bar = _Bar(args.quiet)
+    rows = []
+    with AtomicFolder(out, overwrite) as tmp:
+        try:
+            items = analyze_batch(cases, out=tmp, progress=bar, on_error="skip", **options)
+        finally:
+            bar.close()
+        for item in items:
+            row = {"case": item.name, "input": item.input, "status": "ok" if item.error is None else "error",
+                   "error": item.error or "", "seconds": round(item.seconds, 2), **item.summary,
+                   "output": "" if item.error else str(out / item.name)}
+            rows.append(row)
+            if item.error:
+                print(f"acat: error: {item.name}: {_one_line(item.error)}", file=sys.stderr)
+        write_summary_csv(rows, tmp / "summary.csv")
+    failed = sum(r["status"] != "ok" for r in rows)
+    if args.json:
+        print(json.dumps({"output": str(out), "cases": rows}, indent=2))
+    else:
+        print(f"{len(rows) - failed} of {len(rows)} cases analysed; summary: {out / 'summary.csv'}")
+    return EXIT_OK if failed == 0 else EXIT_ERROR
+
+
+def _is_dicom_file(path: Path) -> bool:
+    if path.name.lower().endswith(DICOM_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+        return len(head) == 132 and head[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_volume_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def batch_inputs(source: Path, force: bool = False):
+    """The cases of a batch as a list of paths, or None when ``source`` is one case.
+
+    One case: a CT file, or a folder holding DICOM files directly (a series). A batch: a datalist
+    (``.json``/``.csv``), or a folder of CT files and/or DICOM sub-folders."""
+    name = source.name.lower()
+    if source.is_file() and name.endswith(".json"):
+        return _datalist_json(source)
+    if source.is_file() and name.endswith(".csv"):
+        return _datalist_csv(source)
+    if source.is_file():
+        return [source] if force else None
+    entries = sorted(source.iterdir())
+    files = [p for p in entries if p.is_file() and not p.name.startswith(".")]
+    if not force and any(_is_dicom_file(p) for p in files):
+        return None
+    cases = [p for p in files if _is_volume_file(p)]
+    for d in entries:
+        if d.is_dir() and not d.name.startswith(".") and any(_is_dicom_file(p) for p in d.iterdir() if p.is_file()):
+            cases.append(d)
+    if not cases and not force and not files:
+        raise InputError(f"{source} is an empty folder; give a CT file, a DICOM folder or a folder of cases")
+    if not cases and not force:
+        raise InputError(f"{source} holds no DICOM images, CT files or DICOM sub-folders")
+    return cases
+
+
+def _resolve(entry: str, base: Path) -> Path:
+    p = Path(entry)
+    return p if p.is_absolute() else base / p
+
+
+def _datalist_json(path: Path):
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"datalist {path} is not valid JSON ({exc})") from None
+    # a list of paths or items, or MONAI style: every list of items {"image": ...} in the object
+    # (training, validation, test, ...); an image listed twice is analysed once
+    entries = []
+    if isinstance(doc, list):
+        entries = doc
+    elif isinstance(doc, dict):
+        for value in doc.values():
+            if isinstance(value, list):
+                entries.extend(e for e in value if isinstance(e, dict))
+    cases = []
+    for e in entries:
+        image = e.get("image") if isinstance(e, dict) else e
+        if isinstance(image, str) and _resolve(image, path.parent) not in cases:
+            cases.append(_resolve(image, path.parent))
+    if not cases:
+        raise InputError(f"datalist {path} has no entries with an \"image\"")
+    return cases
+
+
+def _datalist_csv(path: Path):
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise InputError(f"datalist {path} is empty")
+    header = [h.strip().lower() for h in rows[0]]
+    col = header.index("image") if "image" in header else None
+    body = rows[1:] if col is not None else rows
+    col = 0 if col is None else col
+    cases = [_resolve(r[col].strip(), path.parent) for r in body if len(r) > col and r[col].strip()]
+    if not cases:
+        raise InputError(f"datalist {path} has no image paths")
+    return cases
+
+
+# ------------------------------------------------------------------------------------ info
+def _info(args) -> int:
+    from .checkpoint import BUNDLE_FILES, read_card, sha256_of
+    target = Path(args.model)
+    if target.is_file() or target.suffix in (".safetensors", ".json"):
+        files = [target]
+    else:
+        folder = _bundle_folder(args.model)
+        files = [folder / f"{part}.safetensors" for part in BUNDLE_FILES]
+    cards = {}
+    for f in files:
+        weights = f.with_suffix(".safetensors")
+        if not weights.is_file():
+            raise ModelFileError(f"model file {weights} not found")
+        card = read_card(weights)
+        if sha256_of(weights) != card.get("sha256"):
+            raise ModelFileError(f"{weights.name} does not match the SHA-256 in its card: the file was modified "
+                                 "or corrupted; get a fresh copy")
+        cards[weights.stem] = card
+    if args.json:
+        print(json.dumps(cards if len(cards) > 1 else next(iter(cards.values())), indent=2))
+        return EXIT_OK
+    for name, card in cards.items():
+        print(_format_card(name, card))
+    return EXIT_OK
+
+
+def _bundle_folder(model: str) -> Path:
+    path = Path(model)
+    if path.is_dir():
+        return path
+    from .resources import resources_dir
+    folder = resources_dir() / "models" / model
+    if not folder.is_dir():
+        root = resources_dir() / "models"
+        known = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+        raise ModelFileError(f"no model bundle {model!r} (shipped: {', '.join(known) or 'none'}); "
+                             "give a bundle folder")
+    return folder
+
+
+def _format_card(name: str, card: dict) -> str:
+    pre = card.get("preprocessing") or {}
+    lines = [f"{name}: {card.get('model_name')} (task {card.get('task')})",
+             f"  classes:       {', '.join(map(str, card.get('class_names') or []))}",
+             f"  preprocessing: window {pre.get('window')} HU, {pre.get('slices')} slices, size {pre.get('size')}, "
+             f"{pre.get('orientation')}, midline {pre.get('midline')}",
+             f"  config:        {json.dumps(card.get('model_config'), sort_keys=True)}",
+             f"  data:          {json.dumps(card.get('data'), sort_keys=True)}",
+             f"  metrics:       {json.dumps(card.get('metrics'), sort_keys=True)}",
+             f"  sha256:        {card.get('sha256')} (verified)",
+             f"  created:       {card.get('created')} by ACAT {card.get('acat_version')}",
+             f"  intended use:  {card.get('intended_use')}"]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ synth
+def _synth(argv) -> int:
+    try:
+        from .data import synth
+    except ImportError:
+        synth = None
+    if synth is None or not hasattr(synth, "main"):
+        print("acat: error: the ACAT-Synth generator (ACATCore.data.synth) is not available in this "
+              "installation", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        code = synth.main(list(argv))
+    except ACATError as exc:
+        print(f"acat: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("acat: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

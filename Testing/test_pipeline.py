@@ -1,0 +1,264 @@
+"""ACATCore.analyze: one analysis on real CT, every map on the input grid, coverage, cancel, batch."""
+from __future__ import annotations
+
+import hashlib
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from ACATCore import analyze, analyze_batch
+from ACATCore.errors import ConfigError, InputError, ModelFileError
+from ACATCore.io import read_volume
+from ACATCore.pipeline import STAGES, Cancelled, _counterfactual_saliency, load_models
+from ACATCore.preprocessing import prepare
+from ACATCore.result import ATTENTION_NAMES
+from ACATCore.volume import Volume
+from pipeline_helpers import LUNG_CLASSES, chest_ct_path, geometry_equal, make_bundle, one_thread
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def lung_bundle(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("lung_bundle"), "lung")
+
+
+@pytest.fixture(scope="module")
+def chest():
+    return read_volume(chest_ct_path())
+
+
+@pytest.fixture(scope="module")
+def full_result(lung_bundle, chest):
+    events = []
+    with one_thread():
+        result = analyze(chest, model=lung_bundle, steps=3, progress=lambda s, f: events.append((s, f)))
+    return result, events
+
+
+def test_every_map_on_the_input_grid(full_result, chest):
+    result, _ = full_result
+    maps = [result.saliency, *result.attention.values(), *result.counterfactuals.values()]
+    assert set(result.attention) == set(ATTENTION_NAMES)
+    assert list(result.counterfactuals) == LUNG_CLASSES
+    for vol in maps:
+        assert geometry_equal(vol, chest, exact=True)
+        assert vol.array.dtype == np.float32 and np.isfinite(vol.array).all()
+    assert 0.0 <= result.saliency.array.min() and result.saliency.array.max() == pytest.approx(1.0)
+    assert result.probabilities.shape == (2,) and result.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+    assert result.baseline_probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+    assert result.class_names == LUNG_CLASSES and result.predicted_class in LUNG_CLASSES
+
+
+def test_full_coverage_sees_every_slice(full_result, chest):
+    result, _ = full_result
+    n = chest.shape[0]
+    assert result.slices_seen.tolist() == list(range(n))
+    assert result.slice_weights.shape == (n,) and np.isfinite(result.slice_weights).all()
+    assert result.settings["coverage"] == "full" and len(result.settings["offsets"]) >= int(np.ceil(n / 11))
+    # every seen slice carries saliency and attention, nothing is left at zero by the merge
+    assert (result.saliency.array.reshape(n, -1).max(axis=1) > 0).all()
+    assert (result.attention["fused"].array.reshape(n, -1).max(axis=1) > 0).all()
+
+
+def test_peak_and_counterfactual_in_hu(full_result, chest):
+    result, _ = full_result
+    i, j, k = result.peak_index
+    assert result.saliency.array[k, j, i] == result.saliency.array.max()
+    assert np.allclose(result.peak_lps, chest.index_to_physical((i, j, k)))
+    for cf in result.counterfactuals.values():      # HU scale, close to the scan, not a [0, 1] image
+        assert cf.array.min() < -500 and cf.array.max() > 100
+        assert np.abs(cf.array - chest.array).mean() < 100
+
+
+def test_progress_stages_in_order_and_monotonic(full_result):
+    _, events = full_result
+    stages = [s for s, _ in events]
+    order = sorted(set(stages) - {"done"}, key=stages.index)         # by first appearance
+    assert order == [s for s in STAGES if s != "write"]
+    assert stages[-1] == "done" and events[-1][1] == 1.0
+    fractions = [f for _, f in events]
+    assert all(b >= a for a, b in zip(fractions, fractions[1:]))
+    result, _ = full_result
+    assert set(result.timings) == set(order)
+
+
+def test_sampled_coverage_marks_unseen_slices(lung_bundle, chest):
+    result = analyze(chest, model=lung_bundle, coverage="sampled", steps=2)
+    seen = result.slices_seen
+    assert 0 < len(seen) <= 11
+    unseen = np.setdiff1d(np.arange(chest.shape[0]), seen)
+    assert np.isnan(result.slice_weights[unseen]).all() and np.isfinite(result.slice_weights[seen]).all()
+    assert not result.saliency.array[unseen].any()
+    for cf in result.counterfactuals.values():
+        assert np.array_equal(cf.array[unseen], chest.array[unseen].astype(np.float32))
+
+
+def test_saliency_is_the_saliency_modules(lung_bundle, chest):
+    """The pipeline's saliency (computed from the same run as the counterfactual images) equals
+    ACATCore.saliency.compute_saliency("counterfactual") on the same input."""
+    from ACATCore.saliency import compute_saliency
+    bundle = load_models(lung_bundle, "cpu")
+    x = prepare(chest, bundle.card["preprocessing"]).tensor[None]
+    ours, cf, recon = _counterfactual_saliency(bundle, x, 3, 100.0, None, {}, lambda f: None, lambda: None)
+    theirs = compute_saliency("counterfactual", bundle.classifier, x, bundle.autoencoder, steps=3, alpha=100.0)
+    assert cf.shape == (1, 2, *x.shape[1:]) and recon.shape == x.shape
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_reoriented_input_gives_the_same_analysis(lung_bundle, chest):
+    """The same voxels stored in another axis order and direction: same probabilities, and each
+    map is the same map, stored the same way as the input."""
+    arr = np.ascontiguousarray(np.flip(chest.array, axis=2))           # i reversed
+    direction = chest.direction.copy()
+    direction[:, 0] *= -1
+    origin = chest.index_to_physical((chest.shape[2] - 1, 0, 0))
+    flipped = Volume(arr, spacing=chest.spacing, origin=origin, direction=direction)
+    a = analyze(chest, model=lung_bundle, coverage="sampled", steps=2)
+    b = analyze(flipped, model=lung_bundle, coverage="sampled", steps=2)
+    assert np.allclose(a.probabilities, b.probabilities, atol=1e-5)
+    assert np.allclose(np.flip(a.saliency.array, axis=2), b.saliency.array, atol=1e-5)
+    assert np.allclose(a.peak_lps, b.peak_lps)
+
+
+def test_input_is_never_modified(lung_bundle, chest, tmp_path):
+    path = chest_ct_path()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    vol = read_volume(path)
+    before = vol.array.copy()
+    analyze(vol, model=lung_bundle, coverage="sampled", steps=1)
+    analyze(path, model=lung_bundle, coverage="sampled", steps=1)
+    assert np.array_equal(vol.array, before)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_cancel_stops_with_cancelled_and_writes_nothing(lung_bundle, chest, tmp_path):
+    cancel = threading.Event()
+
+    def progress(stage, fraction):
+        if stage == "counterfactuals":
+            cancel.set()
+
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled):
+        analyze(chest, model=lung_bundle, steps=2, progress=progress, cancel=cancel, out=out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    already = threading.Event()
+    already.set()
+    with pytest.raises(Cancelled):
+        analyze(chest, model=lung_bundle, cancel=already)
+
+
+def test_bad_inputs_raise_their_error(lung_bundle, tmp_path):
+    with pytest.raises(InputError):
+        analyze(np.zeros((64, 64)), model=lung_bundle)
+    nan = np.full((12, 32, 32), -1000.0)
+    nan[3, 3, 3] = np.nan
+    with pytest.raises(InputError):
+        analyze(nan, model=lung_bundle)
+    with pytest.raises(InputError):
+        analyze(tmp_path / "missing.nrrd", model=lung_bundle)
+    with pytest.raises(ModelFileError):
+        analyze(chest_ct_path(), model=tmp_path)              # a folder that is no bundle
+    with pytest.raises(ConfigError):
+        analyze(chest_ct_path(), model=lung_bundle, coverage="some")
+    with pytest.raises(ConfigError):
+        analyze(chest_ct_path(), model=lung_bundle, steps=-1)
+
+
+def test_analyze_batch_records_errors_and_goes_on(lung_bundle, chest, tmp_path):
+    bad = tmp_path / "flat.nrrd"
+    from ACATCore.io import write_volume
+    write_volume(Volume(np.zeros((12, 16, 16), np.int16)), bad)
+    items = analyze_batch([chest_ct_path(), bad], model=lung_bundle, coverage="sampled", steps=1)
+    assert [it.name for it in items] == ["CTChest4", "flat"]
+    assert items[0].error is None and items[0].result is not None
+    assert items[0].summary["predicted_class"] in LUNG_CLASSES
+    assert items[1].result is None and "InputError" in items[1].error
+
+
+def test_brain_head_ct_reports_territory_or_says_why(tmp_path):
+    from ACATCore.data.synth import make_case
+    from ACATCore.data.territories import TERRITORIES
+    bundle = make_bundle(tmp_path / "brain", "brain")
+    case = make_case("brain", 0, 0, 1, "IS-4")
+    head = Volume(case["image"], spacing=case["spacing"], origin=case["origin"])
+    result = analyze(head, model=bundle, coverage="sampled", steps=2)
+    assert result.class_names == ["no lesion", "left", "right", "both"]
+    assert list(result.counterfactuals) == ["no lesion", "lesion"]
+    assert result.probabilities.shape == (4,)
+    assert geometry_equal(result.saliency, head)
+    if result.peak_territory is None:
+        assert any("territory" in w or "posterior fossa" in w for w in result.warnings)
+    else:
+        assert result.peak_territory in TERRITORIES
+
+
+def test_peak_territory_finds_the_lesion_territory():
+    """A saliency peak placed inside a synthetic lesion is reported in that lesion's territory."""
+    from ACATCore.data.synth import make_case
+    from ACATCore.pipeline import peak_territory
+    case = make_case("brain", 0, 1, 2, "IS-4")
+    head = Volume(case["image"], spacing=case["spacing"], origin=case["origin"])
+    lesion = case["lesions"][0]
+    k, j, i = lesion["centre_kji"]
+    name, note = peak_territory(head, (i, j, k))
+    assert note is None and name == lesion["territory"]
+
+
+def test_cancel_takes_effect_inside_the_counterfactual_search(lung_bundle, chest):
+    """Cancel is checked at every counterfactual step, not only between stages."""
+    cancel = threading.Event()
+    seen = []
+
+    def progress(stage, fraction):
+        seen.append(stage)
+        if stage == "counterfactuals" and seen.count("counterfactuals") == 4:
+            cancel.set()
+
+    bundle = load_models(lung_bundle, "cpu")
+    with pytest.raises(Cancelled):
+        analyze(chest, model=bundle, coverage="sampled", steps=50, progress=progress, cancel=cancel)
+    assert seen.count("counterfactuals") == 4                     # stopped at the next check
+    assert not bundle.classifier.training and all(not p.requires_grad for p in bundle.classifier.parameters())
+
+
+def test_models_stay_in_eval_mode_and_frozen(lung_bundle, chest):
+    bundle = load_models(lung_bundle, "cpu")
+    analyze(chest, model=bundle, coverage="sampled", steps=1)
+    for net in (bundle.classifier, bundle.autoencoder, bundle.acat):
+        assert not any(m.training for m in net.modules())
+        assert not any(p.requires_grad for p in net.parameters())
+
+
+def test_targets_one_at_a_time_give_the_same_maps(lung_bundle, chest):
+    """A small pixel budget runs the counterfactual targets one at a time: same result."""
+    bundle = load_models(lung_bundle, "cpu")
+    x = prepare(chest, bundle.card["preprocessing"]).tensor[None]
+    noop = (lambda f: None, lambda: None)
+    together = _counterfactual_saliency(bundle, x, 3, 100.0, None, {}, *noop)
+    apart = _counterfactual_saliency(bundle, x, 3, 100.0, None, {}, *noop, pixel_budget=x.numel())
+    for a, b in zip(together, apart):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
+def test_channels_last_gives_the_same_maps(lung_bundle):
+    """The CPU speed-up (channels-last weights) does not change the analysis."""
+    from ACATCore.checkpoint import load_bundle
+    chest = read_volume(chest_ct_path())
+    fast_bundle = load_bundle(lung_bundle)
+    fast = analyze(chest, model=fast_bundle, coverage="sampled", steps=3, channels_last=True)
+    assert next(fast_bundle.classifier.parameters()).is_contiguous(memory_format=torch.channels_last)
+    plain_bundle = load_bundle(lung_bundle)
+    plain = analyze(chest, model=plain_bundle, coverage="sampled", steps=3, channels_last=False)
+    weight = next(plain_bundle.classifier.parameters())
+    assert weight.dim() == 4 and weight.is_contiguous()           # really the plain layout
+    assert np.allclose(fast.probabilities, plain.probabilities, atol=1e-5)
+    assert np.allclose(fast.saliency.array, plain.saliency.array, atol=1e-3)
+    assert fast.peak_index == plain.peak_index
