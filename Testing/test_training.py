@@ -1,0 +1,393 @@
+"""Training scripts (training/): Algorithm 1 end to end, DDP, resume, tables, clear errors.
+
+Everything runs on tiny toy volumes (16 volumes of 6 x 32 x 32, a bright blob makes class 1) and
+tiny models, with one thread, so the whole file takes well under two minutes on two shared cores.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "training"))
+
+import common as C  # noqa: E402
+import evaluate as E  # noqa: E402
+from ACATCore.errors import ACATError, ConfigError  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+
+
+# ------------------------------------------------------------------------------------------------
+# fixtures: a toy data set and a tiny config
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def toy_datalist(tmp_path_factory) -> Path:
+    from ACATCore.io import write_volume
+    from ACATCore.volume import Volume
+    out = tmp_path_factory.mktemp("toy")
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(16):
+        label = i % 2
+        a = rng.normal(-700, 30, size=(6, 32, 32)).astype(np.float32)
+        m = np.zeros(a.shape, np.uint8)
+        if label:
+            z, y, x = rng.integers(1, 5), rng.integers(6, 26), rng.integers(6, 26)
+            m[z - 1:z + 2, y - 4:y + 4, x - 4:x + 4] = 1
+            a[m > 0] += 500
+        write_volume(Volume(a, spacing=(1, 1, 3)), out / f"v{i}.nii.gz")
+        write_volume(Volume(m, spacing=(1, 1, 3)), out / f"m{i}.nii.gz")
+        items.append({"image": f"v{i}.nii.gz", "label": label, "mask": f"m{i}.nii.gz",
+                      "size_group": "LS-1" if label else ""})
+    (out / "datalist.json").write_text(json.dumps({"training": items}))
+    return out / "datalist.json"
+
+
+def tiny_config(datalist: Path, out: Path, **extra) -> dict:
+    cfg = {
+        "name": "tiny", "task": "lung", "out_dir": str(out), "seeds": [0],
+        "data": {"source": "datalist", "datalist": str(datalist), "split": [0.5, 0.25, 0.25],
+                 "preprocessing": {"slices": 4, "size": [32, 32]}},
+        "baseline": {"model_config": {"block_inplanes": [4, 8, 8, 8], "layers": [1, 1, 1, 1]},
+                     "epochs": 2, "lr": 1e-3, "batch_size": 4},
+        "autoencoder": {"model_config": {"stem_channels": 4, "blocks_per_stage": 1},
+                        "epochs": 1, "lr": 1e-3, "batch_size": 16},
+        "saliency": {"options": {"steps": 2}},
+        "acat": {"epochs": 1, "lr": 1e-4, "batch_size": 4},
+        "evaluate": {"saliency_methods": ["counterfactual", "gradient"], "max_saliency_cases": 2,
+                     "variance_cases": 2},
+        "runtime": {"threads": 1, "tensorboard": False, "progress": False},
+    }
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def write_config(cfg: dict, path: Path) -> Path:
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def params(path: Path) -> dict:
+    """Trainable parameters of a resume checkpoint."""
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    return ck["model"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# clear errors
+# ------------------------------------------------------------------------------------------------
+def test_bad_config_values_raise_config_error(tmp_path, toy_datalist):
+    with pytest.raises(ConfigError, match="unknown config key 'baseline.epoch'"):
+        C.load_config(overrides=["baseline.epoch=3"])
+    with pytest.raises(ConfigError, match="task must be"):
+        C.load_config(overrides=["task=heart"])
+    with pytest.raises(ConfigError, match="data.split"):
+        C.load_config(overrides=["data.split=[0.5,0.5,0.5]"])
+    with pytest.raises(ConfigError, match="multiples of 4"):
+        C.load_config(overrides=["data.preprocessing={\"size\": [30, 32]}"])
+    with pytest.raises(ConfigError, match="not found"):
+        C.load_config(str(tmp_path / "nope.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        C.load_config(str(bad))
+    with pytest.raises(ConfigError, match="unknown competitor"):
+        C.load_config(overrides=['competitors=["resnet"]'])
+    rt = C.Runtime(device=torch.device("cpu"), world_size=2)
+    with pytest.raises(ConfigError, match="multiple of processes"):
+        C.epoch_batches(10, 3, 0, 0, rt)
+
+
+def test_script_reports_bad_config_in_one_line(tmp_path):
+    cfg = write_config({"task": "lung", "baseline": {"epochs": 0}}, tmp_path / "c.json")
+    r = subprocess.run([sys.executable, str(REPO / "training" / "train_baseline.py"),
+                        "--config", str(cfg)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == \
+        "error: baseline.epochs must be a positive integer, not 0"
+
+
+def test_missing_data_is_a_clear_error(tmp_path, toy_datalist):
+    cfg = C.validate_config(C._merge(C.DEFAULTS, tiny_config(tmp_path / "nothing.json",
+                                                             tmp_path / "run")))
+    rt = C.Runtime(device=torch.device("cpu"))
+    with pytest.raises(ACATError, match="datalist .* not found"):
+        C.load_splits(cfg, rt, 0)
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"training": [{"image": "missing.nii.gz", "label": 0}]}))
+    cfg["data"]["datalist"] = str(broken)
+    with pytest.raises(ACATError, match="missing.nii.gz .* does not exist"):
+        C.load_splits(cfg, rt, 0)
+
+
+def test_baseline_that_does_not_fit_is_refused(tmp_path, toy_datalist):
+    from ACATCore.models import build_model
+    from train_acat import build_from_baseline
+    cfg = C.validate_config(C._merge(C.DEFAULTS, tiny_config(toy_datalist, tmp_path)))
+    lung = build_model("lung_resnet50", block_inplanes=[4, 8, 8, 8], layers=[1, 1, 1, 1])
+    card = {"task": "lung", "model_config": lung.config}
+    net, how = build_from_baseline(cfg, "acat", lung, card)      # fits: both branches copied
+    assert "baseline weights" in how
+    assert torch.equal(net.trunk[0][0].weight, lung.trunk[0][0].weight)
+    assert torch.equal(net.sal_trunk[0][0].weight, lung.trunk[0][0].weight)
+    cfg["acat"]["model_config"] = {"block_inplanes": [8, 8, 8, 8]}   # a wider ACAT: no fit
+    with pytest.raises(ConfigError, match="does not fit"):
+        build_from_baseline(cfg, "acat", lung, card)
+    cfg["acat"]["model_config"] = {}
+    brain = build_model("brain_mtl", widths=[4, 4, 4, 4, 4, 4, 4])
+    with pytest.raises(ConfigError):                                 # a brain baseline for lung
+        build_from_baseline(cfg, "acat", brain, {"task": "brain", "model_config": brain.config})
+    with pytest.raises(ACATError, match="not found"):
+        C.load_final(tmp_path / "seed0" / "baseline" / "model.safetensors", "baseline")
+
+
+def test_competitors_start_from_the_baseline(tmp_path, toy_datalist):
+    from ACATCore.models import build_model
+    from train_acat import build_from_baseline
+    cfg = C.validate_config(C._merge(C.DEFAULTS, tiny_config(toy_datalist, tmp_path)))
+    lung = build_model("lung_resnet50", block_inplanes=[4, 8, 8, 8], layers=[1, 1, 1, 1])
+    card = {"task": "lung", "model_config": lung.config}
+    x = torch.rand(1, 4, 1, 32, 32)
+    for name in ("smic", "hsm", "spatt", "seatt"):
+        net, how = build_from_baseline(cfg, name, lung, card)
+        assert "baseline weights" in how, name
+    # SalClassNet reads (image, saliency) as 2 channels: the image channel gets the baseline's
+    # first filters, the saliency channel zeros, so it starts out as the baseline
+    net, _ = build_from_baseline(cfg, "salclassnet", lung, card)
+    w = net.trunk[0][0].weight
+    assert w.shape[1] == 2 and torch.equal(w[:, :1], lung.trunk[0][0].weight)
+    assert not w[:, 1:].any()
+    lung.eval(), net.eval()
+    with torch.no_grad():
+        assert torch.allclose(net(x, torch.rand_like(x)), lung(x), atol=1e-5)
+    cfg["competitor_config"] = {"vit": {"hidden_size": 16, "mlp_dim": 16, "num_layers": 1,
+                                        "num_heads": 2, "patch_size": 8}}
+    _, how = build_from_baseline(cfg, "vit", lung, card)
+    assert how.startswith("random initialisation")
+
+
+# ------------------------------------------------------------------------------------------------
+# determinism, resume, DDP
+# ------------------------------------------------------------------------------------------------
+def test_batches_are_the_same_on_any_number_of_processes():
+    one = C.Runtime(device=torch.device("cpu"))
+    two = [C.Runtime(device=torch.device("cpu"), rank=r, world_size=2) for r in range(2)]
+    single = C.epoch_batches(13, 4, 7, 3, one, micro_batches=2)
+    shards = [C.epoch_batches(13, 4, 7, 3, rt) for rt in two]
+    for step, chunks in enumerate(single):
+        assert [c.tolist() for c in chunks] == [shards[r][step][0].tolist() for r in range(2)]
+    seen = np.concatenate([c for chunks in C.epoch_batches(13, 4, 7, 3, one) for c in chunks])
+    assert sorted(seen.tolist()) == list(range(13))
+    assert not np.array_equal(np.concatenate(C.epoch_batches(13, 4, 7, 4, one)[0]),
+                              np.concatenate(C.epoch_batches(13, 4, 7, 3, one)[0]))
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, toy_datalist):
+    from train_baseline import train_baseline
+    epochs = 6
+    # uninterrupted reference, in this process
+    ref_cfg = C.validate_config(C._merge(C.DEFAULTS, tiny_config(
+        toy_datalist, tmp_path / "ref", baseline={"epochs": epochs})))
+    rt = C.setup_runtime(ref_cfg)
+    train_baseline(ref_cfg, 0, rt)
+    # the same run in a subprocess, killed (SIGKILL) once a checkpoint exists, then resumed
+    cfg = tiny_config(toy_datalist, tmp_path / "killed", baseline={"epochs": epochs})
+    path = write_config(cfg, tmp_path / "killed.json")
+    script = [sys.executable, str(REPO / "training" / "train_baseline.py"), "--config", str(path)]
+    proc = subprocess.Popen(script, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "killed" / "seed0" / "baseline" / "checkpoint_last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last.exists(), "the run never wrote a checkpoint"
+    stopped = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+    assert stopped < epochs - 1, "the run finished before it was killed"
+    r = subprocess.run(script + ["--resume"], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert f"resumed from {last} at epoch {stopped + 1}" in r.stdout
+    a = params(tmp_path / "ref" / "seed0" / "baseline" / "checkpoint_last.pt")
+    b = params(last)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = (tmp_path / "killed" / "seed0" / "baseline" / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == [str(e) for e in range(epochs)]
+
+
+def _ddp_worker(rank, world, port, cfg_path):
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    sys.path.insert(0, str(REPO / "training"))
+    import common
+    from train_baseline import train_baseline
+    cfg = common.load_config(cfg_path)
+    rt = common.setup_runtime(cfg)
+    try:
+        train_baseline(cfg, 0, rt)
+    finally:
+        common.shutdown(rt)
+
+
+def test_two_process_ddp_matches_one_process(tmp_path, toy_datalist):
+    """2 gloo processes x batch 4 == 1 process x 2 micro-batches of 4 (the same samples share
+    BatchNorm statistics in both). Tolerance: every trained parameter within 1e-5 (float sums in
+    another order); BatchNorm running statistics are not compared (DDP keeps rank 0's)."""
+    import torch.multiprocessing as mp
+    one = tiny_config(toy_datalist, tmp_path / "one",
+                      baseline={"batch_size": 8, "micro_batches": 2, "epochs": 2})
+    two = tiny_config(toy_datalist, tmp_path / "two", baseline={"batch_size": 8, "epochs": 2})
+    # the data cache is prepared once here so that the workers only train
+    cfg_one = C.validate_config(C._merge(C.DEFAULTS, one))
+    from train_baseline import train_baseline
+    train_baseline(cfg_one, 0, C.setup_runtime(cfg_one))
+    mp.start_processes(_ddp_worker, args=(2, free_port(), str(write_config(two, tmp_path / "two.json"))),
+                       nprocs=2, join=True, start_method="spawn")
+    a = params(tmp_path / "one" / "seed0" / "baseline" / "checkpoint_last.pt")
+    b = params(tmp_path / "two" / "seed0" / "baseline" / "checkpoint_last.pt")
+    from ACATCore.models import build_model
+    net = build_model("lung_resnet50", **cfg_one["baseline"]["model_config"])
+    names = [n for n, _ in net.named_parameters()]
+    init_gap = max(float((a[n] - net.state_dict()[n]).abs().max()) for n in names)
+    worst = max(float((a[n] - b[n]).abs().max()) for n in names)
+    assert worst < 1e-5, f"DDP differs from one process by {worst}"
+    assert init_gap > 1e-3           # and the weights did move
+    log = (tmp_path / "two" / "seed0" / "baseline" / "log.csv").read_text()
+    assert log.count("\n") == 3      # header + 2 epochs, written once (rank 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Algorithm 1 end to end and the tables
+# ------------------------------------------------------------------------------------------------
+def test_algorithm1_end_to_end(tmp_path, toy_datalist):
+    from ACATCore.checkpoint import load_bundle, load_model
+    from run_algorithm1 import run_algorithm1
+    from export_bundle import export_bundle
+    cfg = C.validate_config(C._merge(C.DEFAULTS, tiny_config(
+        toy_datalist, tmp_path / "run", dropout_control=[0.5], limited_data=[4])))
+    rt = C.setup_runtime(cfg)
+    written = run_algorithm1(cfg, rt)
+    root = tmp_path / "run" / "seed0"
+    for stage in ("baseline", "autoencoder", "acat", "dropout0.5"):
+        model, card = load_model(root / stage / "model.safetensors")
+        assert card["intended_use"].startswith("Trained on synthetic lesions")
+        assert card["data"]["n_train"] == 8 and card["data"]["training"]["seed"] == 0
+        assert (root / stage / "checkpoint_best.pt").exists()
+        assert (root / stage / "log.csv").exists()
+    sal = np.load(root / "saliency" / "test.npy")
+    assert sal.shape == (4, 4, 1, 32, 32) and 0 <= sal.min() and sal.max() <= 1
+    assert {"table2_accuracy", "table7_sens_spec", "sec44_hit_scores", "table5_iou_dice",
+            "table3_variances", "sec47_dropout", "table4_limited"} <= set(written)
+    assert load_model(root / "limited4" / "acat" / "model.safetensors")[1]["data"]["n_train"] == 4
+    assert "| 4 scans |" in (tmp_path / "run" / "tables" / "table4_limited.md").read_text()
+    tables = tmp_path / "run" / "tables"
+    assert "| ACAT |" in (tables / "table2_accuracy.md").read_text()
+    assert (tables / "table2_accuracy.csv").read_text().startswith("Model,Accuracy,Seeds")
+    assert len(list((tables / "predictions").glob("*.csv"))) == 5    # 3 models + 2 limited
+    export_bundle(cfg, 0, tmp_path / "bundle")
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.card["model_name"] == "acat_lung"
+    assert "test_accuracy" in bundle.card["metrics"]
+    # a second run finds every stage done and retrains nothing
+    before = (root / "acat" / "model.safetensors").stat().st_mtime_ns
+    run_algorithm1(cfg, rt, tables=False)
+    assert (root / "acat" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_tables_on_known_inputs(tmp_path):
+    recs = [
+        {"model": "baseline", "seed": 0, "y": [0, 1, 2, 3], "pred": [0, 1, 1, 3], "size": [0, 1, 2, 4],
+         "n_train": None},
+        {"model": "baseline", "seed": 1, "y": [0, 1, 2, 3], "pred": [0, 1, 2, 3], "size": [0, 1, 2, 4],
+         "n_train": None},
+        {"model": "acat", "seed": 0, "y": [0, 0, 1, 1], "pred": [1, 0, 1, 0], "size": [0, 0, 3, 3],
+         "n_train": None},
+    ]
+    header, rows = E.table_accuracy(recs)
+    assert header == ["Model", "Accuracy", "Seeds"]
+    # baseline: 75 % and 100 %: mean 87.5 %, SE = std([.75, 1], ddof=1)/sqrt(2) = 12.5 %
+    assert rows == [["Baseline", "87.50% (12.50)", "2"], ["ACAT", "50.00%", "1"]]
+    _, rows = E.table_by_size(recs)
+    assert rows[0] == ["Baseline", "100.00% (0.00)", "100.00% (0.00)", "50.00% (50.00)", "-",
+                       "100.00% (0.00)"]
+    assert rows[1] == ["ACAT", "50.00%", "-", "-", "50.00%", "-"]
+    _, rows = E.table_sens_spec(recs)
+    # acat: positives {2, 3}: one found -> 50 %; negatives {0, 1}: one right -> 50 %
+    assert rows[1] == ["ACAT", "50.00%", "50.00%", "50.00%"]
+    assert rows[0][2] == "100.00% (0.00)"     # 'left' called for 'right' still counts as detected
+    sal = [{"method": "counterfactual", "seed": 0, "hit": [1, 1, 0, 1], "iou": [.5, .5], "dice": [.6, .8]},
+           {"method": "gradcam", "seed": 0, "hit": [0, 0, 0, 1], "iou": [.1, .3], "dice": [.2, .2]}]
+    _, rows = E.table_saliency(sal, ("hit",))
+    assert rows[0][1] == "75.00% (25.00)" and rows[1][1] == "25.00% (25.00)" and rows[0][2] == "4"
+    _, rows = E.table_saliency(sal, ("iou", "dice"), pct=False)
+    assert rows[0][1:3] == ["0.5000 (0.0000)", "0.7000 (0.1000)"]
+    two_seeds = sal + [{"method": "counterfactual", "seed": 1, "hit": [0, 0], "iou": [.1],
+                        "dice": [.1]}]
+    _, rows = E.table_saliency(two_seeds, ("hit",))
+    assert rows[0][1] == "37.50% (37.50)"    # per-seed means .75 and 0: SE over seeds
+    var = [{"model": "baseline", "noised": False, "seed": 0, "variances": [1.0, 2.0]},
+           {"model": "acat", "noised": False, "seed": 0, "variances": [0.5, 0.25]},
+           {"model": "baseline", "noised": True, "seed": 0, "variances": [4.0, 8.0]}]
+    header, rows = E.table_variances(var)
+    assert rows == [["sigma^2,1", "1.000", "0.500", "4.000", "-"],
+                    ["sigma^2,2", "2.000", "0.250", "8.000", "-"]]
+    lim = [{"model": "baseline", "seed": 0, "y": [0, 1], "pred": [0, 1], "n_train": 50},
+           {"model": "baseline", "seed": 0, "y": [0, 1], "pred": [0, 0], "n_train": 100},
+           {"model": "acat", "seed": 0, "y": [0, 1], "pred": [1, 0], "n_train": 50}]
+    header, rows = E.table_limited(lim)
+    assert header == ["Model", "50 scans", "100 scans"]
+    assert rows == [["Baseline", "100.00%", "50.00%"], ["ACAT", "0.00%", "-"]]
+    drop = [{"model": "dropout0.6", "seed": 0, "y": [1], "pred": [1]},
+            {"model": "baseline", "seed": 0, "y": [1], "pred": [0]},
+            {"model": "dropout0.2", "seed": 0, "y": [1], "pred": [0]}]
+    _, rows = E.table_dropout(drop)
+    assert [r[0] for r in rows] == ["Baseline", "Baseline + feature dropout p=0.2",
+                                    "Baseline + feature dropout p=0.6"]
+    md = E.write_table(tmp_path, "t", "T", E.table_limited(lim), "note")
+    assert md.splitlines()[2] == "| Model | 50 scans | 100 scans |"
+    assert (tmp_path / "t.csv").read_text().splitlines()[1] == "Baseline,100.00%,50.00%"
+    assert math.isnan(E.mean_se([])[0])
+
+
+def test_energy_in_lesion():
+    s = np.zeros((2, 4, 4))
+    mask = np.zeros((2, 4, 4), bool)
+    mask[0, :2] = True
+    s[0, 0, 0], s[1, 3, 3] = 3.0, 1.0
+    assert E.energy_in(s, mask) == 0.75
+    assert E.energy_in(np.ones_like(s), mask) == mask.mean()       # uniform map: chance level
+    assert E.energy_in(np.zeros_like(s), mask) == 0.0
+
+
+def test_lesion_region_for_hit_score():
+    mask = np.zeros((2, 4, 4), np.uint8)
+    mask[0, 1, 1] = 3                       # a lesion in territory 3
+    regions = np.zeros((2, 4, 4), np.uint8)
+    regions[:, :2] = 3
+    regions[:, 2:] = 1
+    brain = E.lesion_region(mask, regions, "brain")
+    assert brain.sum() == 16 and brain[:, :2].all()
+    assert E.lesion_region(mask, regions, "lung").sum() == 1

@@ -1,0 +1,98 @@
+"""Steps 2-4 of Algorithm 1: counterfactual saliency maps for every volume of the data set.
+
+    python training/make_saliency.py --config training/configs/lung_synth_cpu.json --seed 0
+    torchrun --nproc_per_node 4 training/make_saliency.py --config ... --seed 0
+
+For each volume x: z = E(x); minimise g(z) = CE(f(D(z)), t) + alpha |z - E(x)|_1 by gradient
+descent towards each class t (20 steps, alpha 100 by default); the map is the mean over classes of
+|D(E(x)) - D(z')|, each normalised to [0, 1] (ACATCore.saliency, method "counterfactual").
+Maps are class-agnostic: no label is used, so the same maps serve training and test.
+
+Work is sharded across ranks (volume i goes to rank i % world_size). Each map is written as its own
+file as soon as it is done (parts/<split>/<index>.npy, atomically), and maps already on disk are
+skipped: an interrupted run simply continues. When all parts exist, rank 0 assembles
+saliency/<split>.npy (float16, the split's volume order) and <split>_index.npy.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common as C  # noqa: E402
+
+
+def saliency_maps(classifier, autoencoder, x: torch.Tensor, cfg: dict, method: str = None,
+                  **extra) -> torch.Tensor:
+    """(B, S, 1, H, W) maps in [0, 1] with the configured method and options."""
+    from ACATCore.saliency import compute_saliency
+    scfg = cfg["saliency"]
+    method = method or scfg["method"]
+    opts = dict(scfg["options"]) if method == scfg["method"] else {}
+    opts.update(extra)
+    return compute_saliency(method, classifier, x, autoencoder=autoencoder, **opts)
+
+
+def make_saliency(cfg: dict, seed: int, rt: C.Runtime, root=None, classifier_path=None,
+                  autoencoder_path=None, splits=None) -> Path:
+    root = Path(root) if root else C.run_dir(cfg, seed)
+    out = root / "saliency"
+    classifier_path = classifier_path or root / "baseline" / "model.safetensors"
+    autoencoder_path = autoencoder_path or C.run_dir(cfg, seed) / "autoencoder" / "model.safetensors"
+    clf, _ = C.load_final(classifier_path, "baseline classifier")
+    ae, _ = C.load_final(autoencoder_path, "autoencoder")
+    clf, ae = clf.to(rt.device).eval(), ae.to(rt.device).eval()
+    splits = splits or C.load_splits(cfg, rt, seed)
+    bs = int(cfg["saliency"]["batch_size"])
+    from tqdm import tqdm
+    for name, ds in splits.items():
+        parts = out / "parts" / name
+        parts.mkdir(parents=True, exist_ok=True)
+        mine = [p for p in range(len(ds)) if p % rt.world_size == rt.rank]
+        todo = [p for p in mine if not (parts / f"{ds.indices[p]}.npy").exists()]
+        rt.log(f"[saliency] {name}: {len(ds)} volumes, {len(mine) - len(todo)} already done "
+               f"(rank 0), {rt.world_size} process(es)")
+        for start in tqdm(range(0, len(todo), bs), desc=f"saliency {name}", leave=False,
+                          disable=not rt.progress):
+            pos = todo[start:start + bs]
+            x = ds.get(pos)["x"].to(rt.device)
+            maps = saliency_maps(clf, ae, x, cfg)      # float32: small latent steps need it
+            maps = maps.float().cpu().numpy().astype(np.float16)
+            for p, m in zip(pos, maps):
+                dst = parts / f"{ds.indices[p]}.npy"
+                tmp = parts / f".{ds.indices[p]}.tmp{os.getpid()}.npy"
+                np.save(tmp, m)
+                os.replace(tmp, dst)
+        rt.barrier()
+        if rt.is_main:
+            first = np.load(parts / f"{ds.indices[0]}.npy")
+            arr = np.lib.format.open_memmap(out / f".{name}.tmp.npy", mode="w+", dtype=np.float16,
+                                            shape=(len(ds), *first.shape))
+            for p, g in enumerate(ds.indices):
+                arr[p] = np.load(parts / f"{g}.npy")
+            arr.flush()
+            del arr
+            np.save(out / f"{name}_index.npy", ds.indices)
+            os.replace(out / f".{name}.tmp.npy", out / f"{name}.npy")
+        rt.barrier()
+    rt.log(f"[saliency] wrote {out}")
+    return out
+
+
+def main(argv=None):
+    ap = C.base_parser(__doc__.splitlines()[0])
+    args = ap.parse_args(argv)
+    cfg = C.config_from_args(args)
+    rt = C.setup_runtime(cfg)
+    try:
+        make_saliency(cfg, args.seed, rt)
+    finally:
+        C.shutdown(rt)
+
+
+if __name__ == "__main__":
+    C.run_main(main)
