@@ -2,7 +2,7 @@
 
 Output folder layout (``save_result``)::
 
-    result.json                    probabilities and everything else, schema: resources/analysis_result.schema.json
+    result.json                    probabilities and everything else, schema: schemas/analysis_result.schema.json
     saliency.nrrd                  counterfactual saliency in [0, 1] on the input grid
     attention_<early|middle|late|fused>.nrrd
     counterfactual_<class>.nrrd    the scan as the model would see it for <class>, in HU
@@ -37,7 +37,7 @@ from .volume import Volume
 
 JSON_SCHEMA_VERSION = "1.0"
 FORMATS = {"nrrd": ".nrrd", "nifti": ".nii.gz"}
-SCHEMA_PATH = Path(__file__).resolve().parent / "resources" / "analysis_result.schema.json"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "analysis_result.schema.json"
 
 
 # ----------------------------------------------------------------------------------- folders
@@ -161,7 +161,7 @@ def _floats(a):
 
 
 def result_to_json(result: AnalysisResult, files: dict | None = None) -> dict:
-    """The JSON document of an analysis (schema: ``resources/analysis_result.schema.json``)."""
+    """The JSON document of an analysis (schema: ``schemas/analysis_result.schema.json``)."""
     from . import __version__
     card = result.model_card or {}
     settings = dict(result.settings)
@@ -217,58 +217,17 @@ def load_schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
-def validate_json(doc, schema: dict | None = None, path: str = "$") -> list:
-    """Errors of ``doc`` against a JSON Schema (the subset the ACAT schemas use: type, enum, const,
-    required, properties, additionalProperties, items, minItems, maxItems, minimum, maximum,
-    anyOf). Returns a list of messages, empty when valid. (jsonschema is not a dependency.)"""
+def validate_json(doc, schema: dict | None = None) -> list:
+    """Errors of ``doc`` against the result JSON Schema (or ``schema``), one message each, each naming
+    the path of the offending value; empty when valid. Uses the ``jsonschema`` package (a test extra:
+    ACAT writes result.json without needing it)."""
+    try:
+        import jsonschema
+    except ImportError as exc:
+        raise ACATError("validating result.json needs the jsonschema package: pip install jsonschema") from exc
     schema = load_schema() if schema is None else schema
-    errors = []
-    types = schema.get("type")
-    if types is not None:
-        types = [types] if isinstance(types, str) else types
-        if not any(_is_type(doc, t) for t in types):
-            return [f"{path}: expected {'/'.join(types)}, got {type(doc).__name__}"]
-    if "anyOf" in schema:
-        if all(validate_json(doc, s, path) for s in schema["anyOf"]):
-            errors.append(f"{path}: matches none of anyOf")
-    if "enum" in schema and doc not in schema["enum"]:
-        errors.append(f"{path}: {doc!r} not in {schema['enum']}")
-    if "const" in schema and doc != schema["const"]:
-        errors.append(f"{path}: {doc!r} is not {schema['const']!r}")
-    if isinstance(doc, (int, float)) and not isinstance(doc, bool):
-        if "minimum" in schema and doc < schema["minimum"]:
-            errors.append(f"{path}: {doc} < minimum {schema['minimum']}")
-        if "maximum" in schema and doc > schema["maximum"]:
-            errors.append(f"{path}: {doc} > maximum {schema['maximum']}")
-    if isinstance(doc, dict):
-        for key in schema.get("required", []):
-            if key not in doc:
-                errors.append(f"{path}: missing required {key!r}")
-        props = schema.get("properties", {})
-        extra = schema.get("additionalProperties", True)
-        for key, value in doc.items():
-            if key in props:
-                errors += validate_json(value, props[key], f"{path}.{key}")
-            elif extra is False:
-                errors.append(f"{path}: unexpected property {key!r}")
-            elif isinstance(extra, dict):
-                errors += validate_json(value, extra, f"{path}.{key}")
-    if isinstance(doc, list):
-        if "minItems" in schema and len(doc) < schema["minItems"]:
-            errors.append(f"{path}: fewer than {schema['minItems']} items")
-        if "maxItems" in schema and len(doc) > schema["maxItems"]:
-            errors.append(f"{path}: more than {schema['maxItems']} items")
-        if isinstance(schema.get("items"), dict):
-            for i, value in enumerate(doc):
-                errors += validate_json(value, schema["items"], f"{path}[{i}]")
-    return errors
-
-
-def _is_type(v, t):
-    return {"object": isinstance(v, dict), "array": isinstance(v, list), "string": isinstance(v, str),
-            "boolean": isinstance(v, bool), "null": v is None,
-            "integer": isinstance(v, int) and not isinstance(v, bool),
-            "number": isinstance(v, (int, float)) and not isinstance(v, bool)}[t]
+    validator = jsonschema.Draft202012Validator(schema)
+    return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(doc)]
 
 
 def write_summary_csv(rows: list, path) -> Path:
