@@ -88,7 +88,7 @@ def test_folder_with_two_series_takes_the_largest_or_the_one_asked(tmp_path):
 
 
 def test_gantry_tilt_is_warned(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
+    import pydicom
     files = write_dicom_series(ct_like(direction=np.eye(3)), tmp_path / "tilt")
     for k, path in enumerate(files):
         ds = pydicom.dcmread(path)
@@ -103,7 +103,7 @@ def test_gantry_tilt_is_warned(tmp_path):
 
 
 def test_real_dicom_slice_reads_and_is_refused_as_a_volume():
-    pydicom_data = pytest.importorskip("pydicom.data")
+    import pydicom.data as pydicom_data
     path = pydicom_data.get_testdata_file("CT_small.dcm")
     volume = read_volume(path)
     assert volume.array.shape == (1, 128, 128)
@@ -220,13 +220,9 @@ def test_read_volume_can_validate(tmp_path):
 
 
 def test_real_compressed_head_ct_slice_through_a_written_series(tmp_path):
-    pydicom_data = pytest.importorskip("pydicom.data")
-    try:
-        path = pydicom_data.get_testdata_file("693_J2KR.dcm")       # pydicom-data: JPEG 2000 head CT
-    except Exception:                                               # noqa: BLE001 (not installed)
-        path = None
-    if path is None:
-        pytest.skip("pydicom-data is not installed")
+    import pydicom.data as pydicom_data                            # pydicom-data is a test extra
+    path = pydicom_data.get_testdata_file("693_J2KR.dcm")            # JPEG 2000 head CT slice
+    assert path is not None, "pydicom-data (a test extra) must provide 693_J2KR.dcm"
     one = read_volume(path)
     assert one.array.shape == (1, 512, 512) and one.array.min() < -1000 and one.array.max() > 1000
     stack = Volume(np.repeat(one.array, 6, axis=0), spacing=(*one.spacing[:2], 5.0), origin=one.origin,
