@@ -6,7 +6,7 @@ transform, whatever the input's orientation (oblique included).
 
 Display choices (see docs/SLICER.md):
 - saliency and attention masks: the perceptual "Inferno" colour map; window [0, 1] when the map lies in
-  [0, 1], else [min, max] (the fused mask has no sigmoid in the authors' code); a lower threshold at a
+  [0, 1], else [min, max] (a fused mask built without sigmoid, as the authors' code does); a lower threshold at a
   percentile of the map hides the cold voxels (``set_overlay_threshold``);
 - counterfactual difference (counterfactual - input, HU): the diverging "ColdToHotRainbow" map on a
   symmetric window [-m, m], m = 99.5th percentile of |difference| (signed: no threshold);
