@@ -23,11 +23,24 @@ grid: the change the model asks for, added to the full-resolution scan (the deco
 is blurred and clipped to the model's window, so it would not read as a CT).
 
 Speed without changing the method: every weight is frozen (only input/latent gradients are
-computed), all slices, offset samplings and targets of a chunk run in one batched graph (within
-``pixel_budget``; beyond it the targets run one after the other, which halves the peak memory of a
-brain volume and gives the same maps), channels-last convolutions on the CPU, and forward-only
-stages under ``torch.inference_mode``. ``early_stop`` (off by default) ends a counterfactual once it
-reaches its class. The counterfactual search is checked for ``cancel`` at every step.
+computed), all slices, offset samplings and targets of a chunk run in one batched graph (samplings
+within ``pixel_budget``; a single sampling beyond it runs its targets one after the other, the same
+maps), channels-last convolutions on the CPU, and forward-only
+stages under ``torch.inference_mode``, BatchNorm folded into the preceding convolutions for the search
+(exact: eval-mode BatchNorm is affine), and the decoder run in chunks of slices (recomputed in the
+backward pass) beyond ``DECODE_PIXEL_BUDGET`` pixels, which bounds the memory of a brain volume.
+
+Early stop (``early_stop``, default ``DEFAULT_EARLY_STOP`` = 0.9): a counterfactual ends once its target
+probability reaches 0.9, and that (target, sampling) pair leaves the batch (it costs nothing more).
+A target the classifier already gives >= 0.9 therefore stops at step 0: its counterfactual is the
+reconstruction D(E(x)), its map |D(E(x)) - D(z0)| is zero, and it contributes nothing to the
+class-agnostic saliency, which is then the (normalised) map of the other target(s): the change needed
+to leave the predicted class. Each target map is normalised by its own max and the mean over targets is
+normalised again, so a zero map only lowers the mean by a constant factor that the final
+normalisation removes. With two classes at most one target can start above 0.9, so the saliency is
+never empty because of early stop. ``early_stop=None`` runs the paper's fixed number of steps
+(``counterfactual.generate``'s default, paper-faithful). The counterfactual search is checked for
+``cancel`` at every step.
 """
 from __future__ import annotations
 
@@ -52,6 +65,11 @@ _STAGE_SHARE = {"read": 0.03, "preprocess": 0.04, "classify": 0.05, "counterfact
 COVERAGES = ("full", "sampled")
 # Pixels (offsets x slices x H x W) run together in one batched graph; bounds peak memory.
 DEFAULT_PIXEL_BUDGET = 2_500_000
+# Pixels of decoder output whose graph is held at once in the counterfactual search (beyond it the
+# decoder runs in chunks of slices and is recomputed in the backward pass: the same gradient).
+DECODE_PIXEL_BUDGET = 800_000
+# Default early stop of ``analyze``: a counterfactual ends once its target probability reaches this.
+DEFAULT_EARLY_STOP = 0.9
 
 
 class Cancelled(ACATError):
@@ -236,7 +254,7 @@ def _prepare_all(volume, spec, coverage, prog):
 def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 20,
             alpha: float = 100.0, device: str = "auto", progress: Optional[Callable] = None,
             cancel: Optional[threading.Event] = None, out=None, out_format: str = "nrrd",
-            overwrite: bool = False, report: bool = True, early_stop: Optional[float] = None,
+            overwrite: bool = False, report: bool = True, early_stop: Optional[float] = DEFAULT_EARLY_STOP,
             pixel_budget: int = DEFAULT_PIXEL_BUDGET, counterfactual_options: Optional[dict] = None,
             channels_last: bool = True) -> AnalysisResult:
     """Analyse one CT volume with an ACAT model bundle.
@@ -252,11 +270,12 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
     progress: ``callback(stage, fraction)``; stage in :data:`STAGES` (then "done"), fraction overall.
     cancel: a ``threading.Event``; when set the analysis stops at the next check with :class:`Cancelled`.
     out: a folder: also write the maps, JSON and (``report=True``) the visual report there (atomic).
-    early_stop: stop a counterfactual once its target probability reaches this (None: the paper's
-        fixed number of steps). Passed to ``counterfactual.generate`` as ``stop_at``.
-    pixel_budget: pixels (samplings x S x H x W, times the targets in the counterfactual search)
-        run together in one batched graph; bounds peak memory without changing the result.
-    counterfactual_options: extra keyword arguments for ``ACATCore.counterfactual.generate``.
+    early_stop: stop a counterfactual once its target probability reaches this (default 0.9, see the
+        module docstring; None: the paper's fixed number of steps). ``counterfactual.generate``'s ``stop_at``.
+    pixel_budget: pixels (samplings x S x H x W) run together in one batched graph; bounds peak
+        memory without changing the result (the decoder is bounded by ``DECODE_PIXEL_BUDGET``).
+    counterfactual_options: extra keyword arguments for ``ACATCore.counterfactual.generate``
+        (e.g. ``{"precision": "bf16"}``, ``{"fuse": False}``, ``{"decode_chunk": 4}``).
     channels_last: on the CPU, run the nets in channels-last memory format (faster, same maps).
     """
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
@@ -389,21 +408,23 @@ def _counterfactual_saliency(bundle, x, steps, alpha, early_stop, options, repor
                              pixel_budget=DEFAULT_PIXEL_BUDGET):
     """Counterfactuals to every class and the class-agnostic saliency.
 
-    All targets run in one batched graph when targets x volumes x slices x H x W fits
-    ``pixel_budget``; otherwise one target at a time (the brain at 11 x 400 x 500: half the peak
-    memory, the same work; each (target, volume) pair is independent in the engine, so the
-    result is the same). The saliency is exactly ``compute_saliency("counterfactual", ...)``:
+    All targets run in one batched graph when volumes x slices x H x W fits ``pixel_budget``
+    (the decoder's graph is bounded separately: ``decode_chunk_for``), otherwise one target at a
+    time (each (target, volume) pair is independent in the engine, so the result is the same).
+    A brain volume (11 x 400 x 500) runs both targets together with the decoder in chunks of 4
+    slices: about 1.5 GB peak (RSS) instead of 5.6 GB. The saliency is exactly
+    ``compute_saliency("counterfactual", ...)`` with the same options:
     per target |D(E(x)) - D(z')| normalised by its own max per volume, averaged over targets,
     normalised per volume; computed from the same run that gives the counterfactual images.
     Returns ``saliency (B, S, 1, H, W)``, ``counterfactual images (B, T, S, 1, H, W)``,
     ``reconstruction D(E(x)) (B, S, 1, H, W)``.
     """
     from .counterfactual import generate
-    kwargs = dict(steps=int(steps), alpha=float(alpha))
+    kwargs = dict(steps=int(steps), alpha=float(alpha), decode_chunk=decode_chunk_for(x))
     kwargs.update(options)
     if early_stop is not None:
         kwargs["stop_at"] = float(early_stop)
-    one_at_a_time = "targets" not in kwargs and 2 * x.numel() > pixel_budget
+    one_at_a_time = "targets" not in kwargs and x.numel() > pixel_budget
     runs = 1
     calls = [0]
 
@@ -430,6 +451,15 @@ def _counterfactual_saliency(bundle, x, steps, alpha, early_stop, options, repor
     sal = counterfactual_saliency(cf, recon)
     report(1.0)
     return sal, cf, recon
+
+
+def decode_chunk_for(x, budget: int = DECODE_PIXEL_BUDGET):
+    """Slices per decoder call in the counterfactual search for input ``x`` (B, S, 1, H, W): None
+    (no chunking) when every slice of every target fits ``budget`` pixels at once (lung), else the
+    slices that fit (brain 400 x 500: 4)."""
+    h, w = x.shape[-2:]
+    per = max(1, budget // max(1, h * w))
+    return None if per >= 2 * x.shape[0] * x.shape[1] else int(per)
 
 
 class _Watched(torch.nn.Module):

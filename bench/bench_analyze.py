@@ -7,18 +7,20 @@ Inputs: lung = slicerio's real chest CT (34 slices); brain = an ACAT-Synth head 
 
 Each configuration runs in a fresh process (so peak memory is its own): per-stage seconds from
 ``AnalysisResult.timings`` and the process's peak RSS. Configurations:
-  sampled   the paper's single sampling of 11 slices (the unit the targets are about)
-  full      every slice seen (several offset samplings)
-  early     sampled, with early stopping at target probability 0.9
-  bf16      sampled, counterfactual search under bf16 autocast (maps compared with fp32 below)
+  sampled   the paper's single sampling of 11 slices (the unit the targets are about), analyze's
+            defaults (early stop at target probability 0.9, BatchNorm folded, decoder chunked)
+  fixed     sampled, no early stop: the paper's fixed 2 targets x 20 steps
+  full      every slice seen (several offset samplings), analyze's defaults
+  bf16      sampled, counterfactual search in bf16 (precision="bf16"; maps compared with fp32 by
+            bf16_check, and on the trained demo bundles by the report's check)
   reference the unbatched reference loop of the counterfactual search (one target at a time,
-            weights not frozen, fp32, as the authors' code), for the ratio
+            weights not frozen so parameter gradients are computed too, fp32, as the authors' code)
 A profile (top operators of one counterfactual step) is printed per task.
 With ``--steps N`` < 20 the counterfactual stage is run with N steps and extrapolated to 20
 (marked ``~``) from the measured time per step (progress events at each classifier evaluation);
 the rest is measured. Prints tables; asserts nothing.
 
-    python bench/bench_analyze.py [--tasks lung,brain] [--configs sampled,early,bf16_check,reference,profile]
+    python bench/bench_analyze.py [--tasks lung,brain] [--configs sampled,fixed,bf16,reference,profile]
                                   [--steps 20] [--brain-steps 3] [--threads 2] [--json out.json]
 """
 from __future__ import annotations
@@ -133,8 +135,10 @@ def profile_step(bundle, x, top: int = 8) -> str:
     """Top operators (self CPU time) of two counterfactual steps."""
     from torch.profiler import ProfilerActivity, profile
     from ACATCore.counterfactual import generate
+    from ACATCore.pipeline import decode_chunk_for, load_models
+    bundle = load_models(bundle, "cpu")            # frozen, channels-last: as analyze runs it
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        generate(bundle.classifier, bundle.autoencoder, x, steps=2)
+        generate(bundle.classifier, bundle.autoencoder, x, steps=2, decode_chunk=decode_chunk_for(x))
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40)
 
 
@@ -191,7 +195,9 @@ def child(task: str, config: str, steps: int, threads: int, bundle_dir, workdir:
            "rss_before_gb": peak_rss_gb()}
     x = prepare(read_volume(path), bundle.card["preprocessing"]).tensor[None]
     if config == "reference":
+        cpu0 = time.process_time()
         row["counterfactuals_s"], row["cf_step_s"], row["cf_runs"] = reference_loop(bundle, x, steps, 100.0)
+        row["cpu_s"] = time.process_time() - cpu0
     elif config == "profile":
         row["profile"] = profile_step(bundle, x)
     elif config == "bf16_check":
@@ -199,22 +205,24 @@ def child(task: str, config: str, steps: int, threads: int, bundle_dir, workdir:
     else:
         out = workdir / f"out_{task}_{config}"
         kwargs = dict(model=bundle, coverage="full" if config == "full" else "sampled", steps=steps,
-                      device="cpu", out=out, overwrite=True,
-                      early_stop=0.9 if config == "early" else None)
+                      device="cpu", out=out, overwrite=True)
+        if config == "fixed":
+            kwargs["early_stop"] = None
+        if config == "bf16":
+            kwargs["counterfactual_options"] = {"precision": "bf16"}
         events = []
         kwargs["progress"] = lambda stage, fraction: events.append((stage, time.perf_counter()))
-        start = time.perf_counter()
-        if config == "bf16":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                result = analyze(path, **kwargs)
-        else:
-            result = analyze(path, **kwargs)
+        start, cpu0 = time.perf_counter(), time.process_time()
+        result = analyze(path, **kwargs)
         row["total_s"] = time.perf_counter() - start
+        row["cpu_s"] = time.process_time() - cpu0
+        row["early_stop"] = result.settings.get("early_stop")
         row.update(step_cost([t for stage, t in events if stage == "counterfactuals"], steps))
         row.update({f"{k}_s": v for k, v in result.timings.items()})
         row["samplings"] = len(result.settings["offsets"])
         row["slices_seen"] = f"{len(result.slices_seen)}/{result.input.shape[0]}"
     row["peak_rss_gb"] = peak_rss_gb()
+    row["load_avg"] = os.getloadavg()[0]
     return row
 
 
@@ -235,7 +243,7 @@ def run_child(task, config, steps, args) -> dict:
 def extrapolate(row: dict) -> dict:
     """The counterfactual stage extrapolated from ``steps`` to 20 steps."""
     steps = row.get("steps", PAPER_STEPS)
-    if steps == PAPER_STEPS or "counterfactuals_s" not in row or row.get("config") == "early":
+    if steps == PAPER_STEPS or "counterfactuals_s" not in row or row.get("early_stop") is not None:
         return row
     new = dict(row)
     if "cf_step_s" in row:        # measured cost per step x the steps not run
@@ -251,8 +259,8 @@ def extrapolate(row: dict) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="lung,brain")
-    ap.add_argument("--configs", default="sampled,early,bf16_check,reference,profile",
-                    help="any of sampled,full,early,bf16,bf16_check,reference,profile (full costs "
+    ap.add_argument("--configs", default="sampled,fixed,bf16,reference,profile",
+                    help="any of sampled,fixed,full,bf16,bf16_check,reference,profile (full costs "
                     "samplings x sampled: opt in)")
     ap.add_argument("--steps", type=int, default=PAPER_STEPS, help="counterfactual steps for lung")
     ap.add_argument("--brain-steps", type=int, default=3, help="counterfactual steps for brain (extrapolated)")
@@ -277,11 +285,14 @@ def main(argv=None) -> int:
         steps = args.steps if task == "lung" else args.brain_steps
         print(f"\n== {task}: 11 x {SPECS[task]['size'][0]} x {SPECS[task]['size'][1]} model input, "
               f"{steps} counterfactual steps{' (stage extrapolated to 20: ~)' if steps != PAPER_STEPS else ''}")
-        head = f"{'config':<11}" + "".join(f"{c[:8]:>9}" for c in STAGE_COLS) + f"{'total s':>9}{'peak GB':>9}  note"
+        head = f"{'config':<11}" + "".join(f"{c[:8]:>9}" for c in STAGE_COLS) + \
+            f"{'total s':>9}{'CPU s':>9}{'peak GB':>9}{'load':>6}  note"
         print(head)
         print("-" * len(head))
         task_rows = {}
         for config in [c for c in args.configs.split(",") if c]:
+            if config in ("sampled", "full", "bf16") and steps != PAPER_STEPS:
+                print(f"{config:<11}(early stop at 0.9 by default: {steps} steps are not extrapolated)")
             if config == "early" and steps != PAPER_STEPS:
                 print(f"{config:<11}skipped: early stopping needs the full {PAPER_STEPS} steps (--steps/--brain-steps)")
                 continue
@@ -306,13 +317,17 @@ def main(argv=None) -> int:
             cells = cells if config != "reference" else \
                 f"{'':>36}{mark}{row['counterfactuals_s']:>8.2f}{'':>27}"
             total = f"{mark}{row['total_s']:>8.2f}" if "total_s" in row else f"{'':>9}"
+            total += f"{row['cpu_s']:>9.2f}" if "cpu_s" in row else f"{'':>9}"
             note = row.get("weights", "")
+            if config != "reference":
+                note += f", early stop {row.get('early_stop')}"
             if "samplings" in row:
                 note += f", {row['samplings']} sampling(s), slices seen {row['slices_seen']}"
-            print(f"{config:<11}{cells}{total}{row['peak_rss_gb']:>9.2f}  {note}", flush=True)
-        ref, samp = task_rows.get("reference"), task_rows.get("sampled")
+            print(f"{config:<11}{cells}{total}{row['peak_rss_gb']:>9.2f}{row.get('load_avg', 0):>6.1f}  {note}",
+                  flush=True)
+        ref, samp = task_rows.get("reference"), task_rows.get("fixed") or task_rows.get("sampled")
         if ref and samp and "error" not in ref and "error" not in samp:
-            print(f"counterfactual search, unbatched reference / ours: "
+            print(f"counterfactual search, unbatched reference / ours ({samp['config']}): "
                   f"{ref['counterfactuals_s']:.1f} s / {samp['counterfactuals_s']:.1f} s = "
                   f"{ref['counterfactuals_s'] / samp['counterfactuals_s']:.2f}x")
         if samp and "error" not in samp:
