@@ -24,6 +24,21 @@ from pathlib import Path
 
 from .errors import ACATError, ConfigError, InputError, ModelFileError
 
+DEFAULT_EARLY_STOP = 0.9   # the same as ACATCore.pipeline.DEFAULT_EARLY_STOP (a test keeps them equal)
+
+
+def _probability_or_none(text: str):
+    """--early-stop value: a probability in (0, 1], or 'none' for the paper's fixed steps."""
+    if text.strip().lower() in ("none", "off", "never"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1] or 'none', not {text!r}")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1] or 'none', not {text!r}")
+    return value
+
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -49,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "paper's single sampling of S slices")
     a.add_argument("--steps", type=int, default=20, help="counterfactual gradient steps (default 20)")
     a.add_argument("--alpha", type=float, default=100.0, help="counterfactual L1 weight (default 100)")
-    a.add_argument("--early-stop", type=float, default=None, metavar="P",
-                   help="stop a counterfactual once its target probability reaches P (default: never)")
+    a.add_argument("--early-stop", type=_probability_or_none, default=DEFAULT_EARLY_STOP, metavar="P",
+                   help="stop a counterfactual once its target probability reaches P (default "
+                   f"{DEFAULT_EARLY_STOP}); 'none' runs the paper's fixed number of steps")
     a.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     a.add_argument("--batch", action="store_true", help="treat INPUT as a batch even if it looks like one case")
     a.add_argument("--no-report", action="store_true", help="skip the PNG/HTML report")
@@ -129,8 +145,6 @@ def _analyze(args) -> int:
         raise ConfigError(f"--steps must be >= 0, not {args.steps}")
     if not args.alpha >= 0:
         raise ConfigError(f"--alpha must be >= 0, not {args.alpha}")
-    if args.early_stop is not None and not 0 < args.early_stop <= 1:
-        raise ConfigError(f"--early-stop must be a probability in (0, 1], not {args.early_stop}")
     source = Path(args.input)
     if not source.exists():
         raise InputError(f"input {source} does not exist; give a CT file, a DICOM folder, a folder of cases "

@@ -265,3 +265,17 @@ def test_demo_runs_shipped_bundles_and_says_what_is_missing(tmp_path, monkeypatc
     assert (tmp_path / "demo" / "lung" / "report" / "index.html").exists()
     assert "no shipped brain model" in out and "report:" in out
     assert not (tmp_path / "demo" / "brain").exists()
+
+
+def test_early_stop_default_matches_the_engine_and_none_gives_fixed_steps(capsys):
+    from ACATCore import cli, pipeline
+    assert cli.DEFAULT_EARLY_STOP == pipeline.DEFAULT_EARLY_STOP
+    parser = cli.build_parser()
+    assert parser.parse_args(["analyze", "x", "--model", "lung", "--out", "o"]).early_stop == 0.9
+    assert parser.parse_args(["analyze", "x", "--model", "lung", "--out", "o", "--early-stop", "none"]).early_stop is None
+    assert parser.parse_args(["analyze", "x", "--model", "lung", "--out", "o", "--early-stop", "0.99"]).early_stop == 0.99
+    for bad in ("0", "1.5", "soon"):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(["analyze", "x", "--model", "lung", "--out", "o", "--early-stop", bad])
+        assert exc.value.code == 2
+        assert "probability" in capsys.readouterr().err
