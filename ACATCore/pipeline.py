@@ -218,10 +218,7 @@ def read_input(volume_or_path) -> Volume:
         volume = io.read_volume(path)
     else:
         raise InputError(f"cannot analyse a {type(volume_or_path).__name__}; give a Volume, an array or a path")
-    if hasattr(io, "validate_ct"):
-        checked = io.validate_ct(volume)
-        if isinstance(checked, Volume):
-            volume = checked
+    io.validate_ct(volume)
     return volume
 
 
@@ -560,30 +557,12 @@ class _SliceMerger:
         return out
 
 
-def brain_mask(canonical_hu: np.ndarray) -> np.ndarray:
-    """Approximate brain mask of a head CT on the canonical grid: voxels of -5..90 HU (parenchyma
-    and CSF), opened to cut thin bridges to scalp and face, largest connected component."""
-    from scipy import ndimage
-    mask = (canonical_hu > -5) & (canonical_hu < 90)
-    mask = ndimage.binary_opening(mask, structure=np.ones((1, 3, 3), bool), iterations=2)
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
-
-
 def peak_territory(volume: Volume, peak_index) -> tuple:
     """(vascular territory name or None, note or None) at ``peak_index`` (i, j, k) of a head CT.
 
-    Uses the data part's geometric territory definition (``ACATCore.data.territories``) on an
-    approximate brain mask of this volume; None with a note when the peak is outside the brain
-    or no definition is available."""
-    try:
-        from .data.territories import territory_at, territory_map
-    except ImportError:
-        return None, "vascular territory not reported: no territory definition is available"
+    Uses the geometric territory definition (``ACATCore.data.territories``) on an
+    approximate brain mask of this volume; None with a note when the peak is outside the brain."""
+    from .data.territories import brain_mask, territory_at, territory_map
     from .preprocessing import canonical_axes, to_canonical
     canon = to_canonical(volume).array
     perm, flip = canonical_axes(volume.direction)
