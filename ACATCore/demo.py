@@ -1,9 +1,10 @@
 """``make demo``: analyse real CT shipped with ACAT's dependencies with the shipped models.
 
 - chest: ``CTChest4.nrrd`` of the ``slicerio`` package (a real chest CT, MIT) with the lung model;
-- head: an ACAT-Synth head CT (the CT brain atlas shipped in ``Resources/data``, deformed, with skull,
-  noise and an ischaemic lesion of known territory; the bare atlas is skull-stripped and has no air,
-  so it is not a CT that ACAT accepts) with the brain model.
+- head: ``Resources/data/ACATSampleHeadCT.nrrd``, an ACAT-Synth head CT (the shipped CT brain atlas,
+  deformed, with skull, noise and an IS-3 ischaemic lesion in the left MCA territory; the bare atlas is
+  skull-stripped and has no air, so it is not a CT that ACAT accepts) with the brain model. The Slicer
+  module offers the same file as its sample data.
 
 Each runs ``acat analyze INPUT --model NAME --out acat-demo-output/NAME --overwrite``; the demo then
 prints where the outputs and the reports are. A model bundle that is not shipped (yet) is reported
@@ -44,17 +45,11 @@ def chest_ct() -> Path:
     return path
 
 
-def head_ct(folder: Path) -> Path:
-    """Write an ACAT-Synth head CT (left MCA/ACA/PCA lesion, size group IS-3) and return its path."""
-    from .data.synth import make_case
-    from .io import write_volume
-    from .volume import Volume
-    case = make_case("brain", seed=2023, index=0, label=1, size_group="IS-3")
-    path = folder / "head_acat_synth.nrrd"
-    write_volume(Volume(case["image"], spacing=case["spacing"], origin=case["origin"]), path)
-    lesion = case["lesions"][0]
-    print(f"head case: ACAT-Synth head with a {lesion['size_group']} lesion in {lesion['territory']} "
-          f"(centre voxel k, j, i = {tuple(lesion['centre_kji'])}) -> {path}")
+def head_ct() -> Path:
+    """The shipped sample head CT (see Resources/data/NOTICE for how it was made)."""
+    from .resources import resource_path
+    path = resource_path("data", "ACATSampleHeadCT.nrrd")
+    print(f"head case: ACAT-Synth head with an IS-3 lesion in MCA_left -> {path}")
     return path
 
 
@@ -67,8 +62,7 @@ def main(argv=None) -> int:
     from .cli import main as acat
 
     out = Path(args.out)
-    inputs = out / "inputs"
-    inputs.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     done, skipped = [], []
     for name in ("lung", "brain"):
         folder, reason = bundle_status(name)
@@ -77,7 +71,7 @@ def main(argv=None) -> int:
                            f"once Resources/models/{name} holds them, run `make demo` again.")
             print(f"[{name}] skipped: {reason}", file=sys.stderr)
             continue
-        source = chest_ct() if name == "lung" else head_ct(inputs)
+        source = chest_ct() if name == "lung" else head_ct()
         target = out / name
         argv_ = ["analyze", str(source), "--model", name, "--out", str(target), "--overwrite",
                  "--coverage", args.coverage, "--device", args.device]

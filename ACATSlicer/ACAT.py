@@ -43,6 +43,7 @@ from ACATLib.dependencies import REQUIREMENTS, TORCH_REQUIREMENT, missing_requir
 from ACATLib.runner import BackgroundAnalysis  # noqa: E402
 
 SAMPLE_NAME = "ACATHeadCT"
+SAMPLE_FILE = "ACATSampleHeadCT.nrrd"
 CITATION = ("A. Fontanella, A. Antoniou, W. Li, J. Wardlaw, G. Mair, E. Trucco, A. Storkey. <i>ACAT: "
             "Adversarial Counterfactual Attention for Classification and Detection in Medical Imaging.</i> "
             "Proceedings of the 40th International Conference on Machine Learning (ICML), PMLR 202, 2023.")
@@ -74,7 +75,8 @@ cohorts. They show how the method works; their outputs mean nothing about a real
 """
         self.parent.acknowledgementText = """
 ACAT was proposed by Fontanella et al. (ICML 2023). This extension re-implements the method for
-3D Slicer. The sample head CT is the CT brain atlas distributed with TotalSegmentator (Apache-2.0).
+3D Slicer. The sample head CT is a synthetic head derived from the CT brain atlas distributed with
+TotalSegmentator (Apache-2.0).
 """
         slicer.app.connect("startupCompleted()", registerSampleData)
 
@@ -85,14 +87,15 @@ def _isSet(path):
 
 
 def _sampleDataFile():
-    """The head CT shipped with the extension (no download), or None when it is missing."""
+    """The sample head CT shipped with the extension (no download), or None when it is missing.
+
+    It is an ACAT-Synth head (Resources/data/NOTICE): a full head CT with skull, air and one lesion. The
+    CT brain atlas beside it is skull-stripped and has no air, so ACAT rightly refuses it as a CT."""
     here = Path(__file__).resolve().parent
     for root in (here / "Resources" / "data", here.parent / "Resources" / "data"):
-        if root.is_dir():
-            for pattern in ("*brain*.nii.gz", "*head*.nii.gz", "*.nii.gz", "*.nrrd"):
-                found = sorted(root.glob(pattern))
-                if found:
-                    return found[0]
+        path = root / SAMPLE_FILE
+        if path.is_file():
+            return path
     return None
 
 

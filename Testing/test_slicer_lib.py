@@ -583,11 +583,14 @@ def test_sample_data_registration_uses_a_local_file(acat_module, monkeypatch):
     monkeypatch.setitem(sys.modules, "SampleData", sd)
     acat_module.registerSampleData()
     path = acat_module._sampleDataFile()
-    if path is None:
-        assert calls == []
-    else:
-        assert len(calls) == 1 and calls[0]["uris"].startswith("file:") and Path(path).is_file()
-        assert calls[0]["nodeNames"] == acat_module.SAMPLE_NAME
+    assert path is not None, "the extension must ship its sample head CT in Resources/data"
+    assert len(calls) == 1 and calls[0]["uris"].startswith("file:") and Path(path).is_file()
+    assert calls[0]["nodeNames"] == acat_module.SAMPLE_NAME
+    # the self-test analyses this file, so the engine must accept it as a head CT
+    from ACATCore.io import read_volume, validate_ct
+    volume = read_volume(path)
+    validate_ct(volume)
+    assert volume.array.min() < -900 and volume.array.max() > 1000      # air and skull
 
 
 def test_widget_shows_a_finished_run(acat_module, scene, monkeypatch):
