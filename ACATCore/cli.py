@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -101,6 +102,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("acat: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:                      # `acat info lung | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ACATError as exc:
         from .pipeline import Cancelled
         if isinstance(exc, Cancelled):
