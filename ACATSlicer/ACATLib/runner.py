@@ -140,35 +140,30 @@ class BackgroundAnalysis:
     def finished(self) -> bool:
         return self.state in ("done", "failed", "cancelled")
 
-    def poll(self) -> list:
-        """New progress events since the last call; updates ``state`` when the worker has ended."""
-        events = []
+    def _drain(self, events: list) -> bool:
+        """Move the queued lines into ``events``; True when the reader's end marker (None) was seen."""
         ended = False
         while True:
             try:
                 line = self._lines.get_nowait()
             except queue.Empty:
-                break
+                return ended
             if line is None:
                 ended = True
-                break
+                continue
             event = self._parse(line)
             if event is not None:
                 events.append(event)
+
+    def poll(self) -> list:
+        """New progress events since the last call; updates ``state`` when the worker has ended."""
+        events = []
+        ended = self._drain(events)
         if self.state == "running" and not ended and self.process.poll() is not None:
             # The process ended: let the reader hand over its last lines (bounded wait).
             if self._reader is not None:
                 self._reader.join(timeout=2)
-            while True:
-                try:
-                    line = self._lines.get_nowait()
-                except queue.Empty:
-                    break
-                if line is None:
-                    continue
-                event = self._parse(line)
-                if event is not None:
-                    events.append(event)
+            self._drain(events)
             ended = True
         if self.state == "running" and ended:
             code = self.process.wait()
