@@ -12,6 +12,7 @@ import torch
 
 from ACATCore.checkpoint import save_model
 from ACATCore.models import build_model
+from toy import single_thread as one_thread  # noqa: F401  (one torch thread in tests)
 
 LUNG_CLASSES = ["normal", "findings"]
 BRAIN_CLASSES = ["no lesion", "left", "right", "both"]
@@ -79,22 +80,6 @@ def _calibrate(model, batches):
         for b in batches:
             model(*b) if isinstance(b, tuple) else model(b)
     model.eval()
-
-
-def one_thread():
-    """Context for tests: one torch thread (the 2 CPU cores are shared; OpenMP spinning across
-    busy cores makes tiny models 10x slower with 2 threads). Restores the previous setting."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def _ctx():
-        old = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(old)
-    return _ctx()
 
 
 def geometry_equal(a, b, exact: bool = True, tol: float = 1e-5) -> bool:

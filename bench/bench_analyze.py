@@ -97,38 +97,18 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2   # Linux: kB
 
 
-def reference_loop(bundle, x, steps: int, alpha: float, step_size: float = 0.1) -> float:
-    """Unbatched reference: one target at a time, all weights trainable (parameter gradients are
-    computed too), plain fp32 gradient descent; returns (seconds, seconds per step, targets)."""
+def reference_loop(bundle, x, steps: int, alpha: float, step_size: float = 0.1) -> tuple:
+    """The unbatched reference of bench_saliency (one target at a time, weights not frozen, fp32);
+    returns (seconds, seconds per step, targets)."""
     import torch
-    import torch.nn.functional as F
-    clf, ae = bundle.classifier, bundle.autoencoder
-    for p in list(clf.parameters()) + list(ae.parameters()):
-        p.requires_grad_(True)
-    B, S, _, H, W = x.shape
-    start = time.perf_counter()
-    step_times = []
+    from bench_saliency import unbatched_reference
     with torch.no_grad():
-        z0 = ae.encode(x.reshape(B * S, 1, H, W))
-    n_targets = clf.counterfactual_logits(x).shape[1] if hasattr(clf, "counterfactual_logits") else 2
-    for t in range(n_targets):
-        z = z0.clone().requires_grad_(True)
-        target = torch.full((B,), t, dtype=torch.long)
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            clf.zero_grad(set_to_none=True)
-            ae.zero_grad(set_to_none=True)
-            logits = clf.counterfactual_logits(ae.decode(z).reshape(B, S, 1, H, W))
-            loss = F.cross_entropy(logits, target) + alpha * (z - z0).abs().mean()
-            loss.backward()
-            with torch.no_grad():
-                z -= step_size * z.grad
-            z.grad = None
-            step_times.append(time.perf_counter() - t0)
-        with torch.no_grad():
-            ae.decode(z)
-    per_step = sum(step_times) / max(len(step_times), 1)
-    return time.perf_counter() - start, per_step, n_targets
+        n_targets = bundle.classifier.counterfactual_logits(x).shape[1]
+    step_times = []
+    start = time.perf_counter()
+    unbatched_reference(bundle.classifier, bundle.autoencoder, x, steps=steps, alpha=alpha,
+                        step_size=step_size, on_step=step_times.append)
+    return time.perf_counter() - start, sum(step_times) / max(len(step_times), 1), n_targets
 
 
 def profile_step(bundle, x, top: int = 8) -> str:

@@ -69,10 +69,11 @@ def measure(fn, device):
     return dt, max(0, peak - start) / 2 ** 20, cpu
 
 
-def unbatched_reference(clf, ae, x, steps=20, alpha=100.0, step_size=0.1):
+def unbatched_reference(clf, ae, x, steps=20, alpha=100.0, step_size=0.1, on_step=None):
     """The authors' way: one target at a time, each a separate optimisation over the volume's slices
     (one slice batch), ``loss.backward()`` with every weight trainable (parameter gradients are
-    computed and accumulated, as in their code, whose weights are not frozen), fp32, no fusion."""
+    computed and accumulated, as in their code, whose weights are not frozen), fp32, no fusion.
+    ``on_step(seconds)`` is called after every step (bench_analyze times steps with it)."""
     import torch.nn.functional as F
     for p in list(clf.parameters()) + list(ae.parameters()):
         p.requires_grad_(True)
@@ -80,11 +81,13 @@ def unbatched_reference(clf, ae, x, steps=20, alpha=100.0, step_size=0.1):
     with torch.no_grad():
         z0 = ae.encode(x.reshape(B * S, 1, H, W))
         ref = ae.decode(z0)
+        n_targets = clf.counterfactual_logits(x).shape[1]
     maps = []
-    for t in range(2):
+    for t in range(n_targets):
         z = z0.clone().requires_grad_(True)
         target = torch.full((B,), t, dtype=torch.long)
         for _ in range(steps):
+            t0 = time.perf_counter()
             clf.zero_grad(set_to_none=True)
             ae.zero_grad(set_to_none=True)
             logits = clf.counterfactual_logits(ae.decode(z).reshape(B, S, 1, H, W))
@@ -93,6 +96,8 @@ def unbatched_reference(clf, ae, x, steps=20, alpha=100.0, step_size=0.1):
             with torch.no_grad():
                 z -= step_size * z.grad
             z.grad = None
+            if on_step is not None:
+                on_step(time.perf_counter() - t0)
         with torch.no_grad():
             d = (ref - ae.decode(z)).abs()
         maps.append(d / d.amax().clamp_min(1e-12))
