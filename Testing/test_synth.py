@@ -155,3 +155,77 @@ def test_label_counts_follow_requested_fractions(tmp_path):
     datalist = synth.generate("lung", n=5, seed=2, out_dir=tmp_path, class_fractions=[0.2, 0.8])
     assert datalist["label_counts"] == {"normal": 1, "findings": 4}
     assert sorted(i["label"] for i in all_items(datalist)) == [0, 1, 1, 1, 1]
+
+
+# ------------------------------------------------------------------ generator options (demo settings)
+def test_standard_cases_do_not_change_when_options_are_left_out():
+    """Options only touch the cases they apply to: the default random stream is unchanged."""
+    plain = synth.make_case("lung", seed=4, index=1, label=1)
+    explicit = synth.make_case("lung", seed=4, index=1, label=1, options={"involvement": None})
+    np.testing.assert_array_equal(plain["image"], explicit["image"])
+    negative = synth.make_case("lung", seed=4, index=0, label=0, options={"involvement": [0.2, 0.3]})
+    np.testing.assert_array_equal(negative["image"], synth.make_case("lung", seed=4, index=0, label=0)["image"])
+
+
+def test_lung_involvement_option_reaches_its_target():
+    for index in range(3):
+        standard = synth.make_case("lung", seed=2, index=index, label=1)
+        case = synth.make_case("lung", seed=2, index=index, label=1, options={"involvement": [0.15, 0.25]})
+        assert 0.15 <= case["involvement"] <= 0.25 + 0.1          # the last patch may overshoot a little
+        assert case["involvement"] > standard["involvement"]
+        assert 1 <= len(case["lesions"]) <= synth.LUNG_MAX_PATCHES
+    assert synth.lung_size_group(case["involvement"]) in ("LS-2", "LS-3")
+
+
+def test_brain_contrast_and_size_group_options(tmp_path):
+    case = synth.make_case("brain", seed=5, index=1, label=1, size_group="IS-4", return_clean=True,
+                           options={"contrast_hu": [15, 16]})
+    lesion = case["lesions"][0]
+    assert 15 <= lesion["contrast_hu"] - case["noise_hu"] <= 16
+    inside = case["mask"] > 0
+    assert (case["clean"] - case["noiseless"])[inside].max() == pytest.approx(lesion["contrast_hu"], abs=0.01)
+    datalist = synth.generate("brain", n=8, seed=1, out_dir=tmp_path,
+                              options={"size_groups": ["IS-4"], "contrast_hu": [15, 16]})
+    groups = {les["size_group"] for item in all_items(datalist) for les in item["lesions"]}
+    assert groups == {"IS-4"}
+    assert datalist["options"] == {"size_groups": ["IS-4"], "contrast_hu": [15.0, 16.0]}
+    assert json.loads((tmp_path / "datalist.json").read_text())["options"] == datalist["options"]
+
+
+def test_brain_radius_option_makes_larger_lesions_and_names_their_group():
+    small = synth.make_case("brain", seed=6, index=2, label=2, size_group="IS-1")
+    large = synth.make_case("brain", seed=6, index=2, label=2, size_group="IS-1",
+                            options={"radius_mm": [24, 26]})
+    lesion = large["lesions"][0]
+    assert 24 <= lesion["radius_mm"] <= 26 and lesion["size_group"] == "IS-4"
+    assert lesion["voxels"] > 5 * small["lesions"][0]["voxels"]
+    assert (large["regions"][large["mask"] > 0] == synth.TERRITORY_LABELS[lesion["territory"]]).all()
+
+
+@pytest.mark.parametrize("task, options, words", [
+    ("lung", {"involvment": [0.1, 0.2]}, "unknown ACAT-Synth option"),
+    ("lung", {"involvement": [0.3, 0.1]}, "lo <= hi"),
+    ("lung", {"involvement": "a lot"}, "two numbers"),
+    ("lung", {"contrast_hu": [5, 10]}, "do not apply to the lung task"),
+    ("brain", {"size_groups": ["IS-5"]}, "IS-1, IS-2"),
+    ("brain", {"involvement": [0.1, 0.2]}, "do not apply to the brain task"),
+    ("brain", {"size_groups": ["IS-4"], "radius_mm": [20, 30]}, "not both"),
+    ("lung", {"radius_mm": [20, 30]}, "do not apply to the lung task"),
+])
+def test_bad_options_are_refused_with_a_clear_error(tmp_path, task, options, words):
+    from ACATCore.errors import ConfigError
+    with pytest.raises(ConfigError, match=words):
+        synth.generate(task, n=2, seed=0, out_dir=tmp_path, options=options)
+    assert not (tmp_path / "datalist.json").exists()
+
+
+def test_command_line_options(tmp_path, capsys):
+    assert synth.main(["--task", "lung", "--n", "2", "--seed", "1", "--out", str(tmp_path),
+                       "--involvement", "0.1", "0.2"]) == 0
+    datalist = json.loads((tmp_path / "datalist.json").read_text())
+    assert datalist["options"] == {"involvement": [0.1, 0.2]}
+    positive = [i for i in all_items(datalist) if i["label"] == 1][0]
+    assert positive["involvement"] >= 0.1
+    with pytest.raises(SystemExit):
+        synth.main(["--task", "lung", "--n", "2", "--out", str(tmp_path / "x"), "--contrast", "5", "9"])
+    assert "do not apply to the lung task" in capsys.readouterr().err

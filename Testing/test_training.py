@@ -120,6 +120,29 @@ def test_bad_config_values_raise_config_error(tmp_path, toy_datalist):
         C.epoch_batches(10, 3, 0, 0, rt)
 
 
+def test_synth_options_reach_the_generator_and_the_cache(tmp_path):
+    """data.synth_options makes that variant of ACAT-Synth; a changed option regenerates the data."""
+    with pytest.raises(ConfigError, match="do not apply to the lung task"):
+        C.load_config(overrides=['data.synth_options={"contrast_hu": [5, 9]}'])
+    with pytest.raises(ConfigError, match="unknown ACAT-Synth option"):
+        C.load_config(overrides=['data.synth_options={"involvment": [0.1, 0.2]}'])
+    cfg = C.load_config(overrides=["data.n=4", f"out_dir={json.dumps(str(tmp_path))}",
+                                   'data.synth_options={"involvement": [0.2, 0.3]}',
+                                   'data.preprocessing={"slices": 4, "size": [32, 32]}'])
+    rt = C.Runtime(device=torch.device("cpu"))
+    datalist = json.loads(C.datalist_path(cfg).read_text())
+    assert datalist["options"] == {"involvement": [0.2, 0.3]}
+    positives = [i for part in ("training", "validation", "test") for i in datalist[part] if i["label"]]
+    assert positives and all(i["involvement"] >= 0.2 for i in positives)
+    key = json.loads((C.prepare_dataset(cfg, rt) / "meta.json").read_text())["key"]
+    cfg["data"]["synth_options"] = {"involvement": [0.05, 0.1]}
+    datalist = json.loads(C.datalist_path(cfg).read_text())
+    assert datalist["options"] == {"involvement": [0.05, 0.1]}
+    assert json.loads((C.prepare_dataset(cfg, rt) / "meta.json").read_text())["key"] != key
+    card = C.model_card(cfg, "baseline", 0, {"train": [1], "val": [1], "test": [1]}, {})
+    assert '"involvement": [0.05, 0.1]' in card["data"]["description"]
+
+
 def test_script_reports_bad_config_in_one_line(tmp_path):
     cfg = write_config({"task": "lung", "baseline": {"epochs": 0}}, tmp_path / "c.json")
     r = subprocess.run([sys.executable, str(REPO / "training" / "train_baseline.py"),

@@ -263,7 +263,11 @@ def main(argv=None) -> int:
     rows = []
     for task in [t for t in args.tasks.split(",") if t]:
         steps = args.steps if task == "lung" else args.brain_steps
-        print(f"\n== {task}: 11 x {SPECS[task]['size'][0]} x {SPECS[task]['size'][1]} model input, "
+        size = SPECS[task]["size"]
+        card = Path(args.bundle_dir or "") / task / "acat.json"
+        if args.bundle_dir and card.exists():       # shipped weights: their own input size
+            size = json.loads(card.read_text())["preprocessing"]["size"]
+        print(f"\n== {task}: 11 x {size[0]} x {size[1]} model input, "
               f"{steps} counterfactual steps{' (stage extrapolated to 20: ~)' if steps != PAPER_STEPS else ''}")
         head = f"{'config':<11}" + "".join(f"{c[:8]:>9}" for c in STAGE_COLS) + \
             f"{'total s':>9}{'CPU s':>9}{'peak GB':>9}{'load':>6}  note"

@@ -78,6 +78,7 @@ DEFAULTS = {
         "datalist": None,                # MONAI-style JSON {"training": [{"image", "label", ...}]}
         "n": 300,                        # synth: number of volumes
         "synth_seed": 0,                 # synth: generator seed (the same volumes for every run seed)
+        "synth_options": {},             # synth: generator options (ACATCore.data.synth.DEFAULT_OPTIONS)
         "split": [0.7, 0.15, 0.15],      # train / validation / test, stratified, per run seed
         "preprocessing": None,           # None: the task's default (see TASK_DEFAULTS)
         "max_train": None,               # keep only this many training volumes (Table 4)
@@ -116,7 +117,7 @@ def _merge(base: dict, override: dict, where: str = "") -> dict:
             raise ConfigError(f"unknown config key '{where}{key}'; known keys here: "
                               f"{', '.join(sorted(base))}")
         if isinstance(base[key], dict) and key not in ("model_config", "options", "preprocessing",
-                                                        "competitor_config") \
+                                                        "competitor_config", "synth_options") \
                 and isinstance(value, dict):
             out[key] = _merge(base[key], value, f"{where}{key}.")
         else:
@@ -193,6 +194,9 @@ def validate_config(cfg: dict) -> dict:
         raise ConfigError(f"data.source must be 'synth' or 'datalist', not {src!r}")
     if src == "datalist" and not cfg["data"]["datalist"]:
         raise ConfigError("data.source is 'datalist' but data.datalist names no file")
+    if src == "synth":
+        from ACATCore.data import synth
+        synth.check_options(task, cfg["data"]["synth_options"])     # ConfigError names the bad option
     split = cfg["data"]["split"]
     if (not isinstance(split, list) or len(split) != 3 or any(not isinstance(v, (int, float))
                                                                or v <= 0 for v in split)
@@ -374,13 +378,15 @@ def datalist_path(cfg: dict) -> Path:
                             "JSON file, or use data.source=synth")
         return p
     path = synth_dir(cfg) / "datalist.json"        # written last by the generator
-    want = (cfg["task"], int(data["n"]), int(data["synth_seed"]))
+    from ACATCore.data import synth
+    options = {k: v for k, v in synth.check_options(cfg["task"], data["synth_options"]).items()
+               if v is not None}
+    want = (cfg["task"], int(data["n"]), int(data["synth_seed"]), options)
     if path.exists():
         have = json.loads(path.read_text())
-        if (have.get("task"), have.get("n"), have.get("seed")) == want:
+        if (have.get("task"), have.get("n"), have.get("seed"), have.get("options", {})) == want:
             return path
-    from ACATCore.data import synth
-    synth.generate(*want, out_dir=synth_dir(cfg))
+    synth.generate(*want[:3], out_dir=synth_dir(cfg), options=options)
     return path
 
 
@@ -455,7 +461,8 @@ def prepare_dataset(cfg: dict, rt: Runtime) -> Path:
     cache = Path(cfg["out_dir"]) / "cache"
     meta_path = cache / "meta.json"
     key = hashlib.sha256(json.dumps([pre, cfg["data"]["source"], cfg["data"]["datalist"],
-                                     cfg["data"]["n"], cfg["data"]["synth_seed"]],
+                                     cfg["data"]["n"], cfg["data"]["synth_seed"],
+                                     cfg["data"]["synth_options"] or {}],
                                     sort_keys=True).encode()).hexdigest()[:16]
     if rt.is_main:
         ok = meta_path.exists() and json.loads(meta_path.read_text()).get("key") == key
@@ -695,8 +702,10 @@ def model_card(cfg: dict, stage: str, seed: int, splits: dict, metrics: dict, ex
     task = cfg["task"]
     data = cfg["data"]
     if data["source"] == "synth":
+        options = {k: v for k, v in (data.get("synth_options") or {}).items() if v is not None}
         description = (f"ACAT-Synth {task}: {data['n']} synthetic-lesion volumes in real anatomy "
-                       f"(generator seed {data['synth_seed']}), "
+                       f"(generator seed {data['synth_seed']}"
+                       + (f", options {json.dumps(options)}" if options else "") + "), "
                        + ("hypodense ischaemic infarcts of 4 sizes in 6 vascular territories "
                           "inserted into deformed copies of a CT brain atlas" if task == "brain" else
                           "ground-glass / consolidation patches inserted into the lungs of a real "

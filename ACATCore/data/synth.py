@@ -34,6 +34,14 @@ with the same seed; each item has ``image``, ``label``, ``label_name``, ``mask``
 empty for negatives; lung: ``size_group`` LS-1/2/3 by lung involvement < 5 %, 5-15 %, > 15 %),
 ``noise_hu`` and ``lesions`` with per-lesion details).
 
+Options (``generate(..., options={...})``, ``acat synth --size-groups/--contrast/--radius/--involvement``)
+make easier or harder variants; the standard benchmark is what you get without them, and each option
+only changes the cases it applies to. ``size_groups`` (brain) draws lesion sizes from chosen groups only;
+``contrast_hu`` (brain) sets the extra lesion contrast; ``radius_mm`` (brain) sets the lesion radius
+(e.g. 20-35 mm: territorial infarcts, the size group then follows the radius); ``involvement`` (lung)
+adds patches until a drawn fraction of the lungs is involved (MosMed grades its scans by this
+fraction: CT-1 < 25 %, CT-2 25-50 %, ...). The options used are recorded in ``datalist.json``.
+
 Classes are balanced by default (``class_fractions`` sets other proportions); positive brain cases
 cycle through IS-1..IS-4 so that size groups are balanced too. Brain heads are written on an
 identity (LPS) grid; lung cases keep the chest CT's own geometry (stored RAS-like, direction
@@ -71,6 +79,18 @@ BRAIN_SPACING = (1.0, 1.0, 5.0)         # output (x, y, z) mm
 LUNG_NOISE_HU = (10.0, 25.0)
 LUNG_FINDINGS = {"ground-glass": (-750.0, -550.0), "consolidation": (-150.0, 20.0)}
 LUNG_GROUPS = ("LS-1", "LS-2", "LS-3")  # lung involvement < 5 %, 5-15 %, > 15 %
+LUNG_MAX_PATCHES = 40                   # with a target involvement: patches added until it is reached
+
+# Generator options (``generate(..., options=...)``, ``acat synth --size-groups/--contrast/--involvement``).
+# None keeps the standard benchmark; any other value changes the cases it applies to (and only those).
+DEFAULT_OPTIONS = {
+    "size_groups": None,      # brain: draw every lesion's size group from these (e.g. ["IS-3", "IS-4"])
+    "contrast_hu": None,      # brain: [lo, hi] extra lesion contrast in HU (standard: LESION_EXTRA_CONTRAST_HU)
+    "radius_mm": None,        # brain: [lo, hi] lesion radius in mm instead of the size group's range
+                              # (e.g. [20, 35]: territorial infarcts); size_group then follows the radius
+    "involvement": None,      # lung: [lo, hi] fraction of the lungs involved in a positive case; patches
+                              # are added until a target drawn from it is reached (standard: 1-4 patches)
+}
 ATLAS_FILE = ("data", "ct_brain_atlas_1mm.nii.gz")
 
 
@@ -199,8 +219,12 @@ def brain_base():
     }
 
 
-def make_brain_case(rng, label: int, size_groups=(None, None), return_clean: bool = False) -> dict:
+def make_brain_case(rng, label: int, size_groups=(None, None), return_clean: bool = False,
+                    contrast_hu=None, radius_mm=None) -> dict:
     """One synthetic head CT. ``label``: 0 none, 1 left, 2 right, 3 both. Returns arrays + metadata.
+
+    ``contrast_hu`` ([lo, hi] HU) replaces the standard extra lesion contrast ``LESION_EXTRA_CONTRAST_HU``;
+    ``radius_mm`` ([lo, hi]) the size group's radius range (the group is then the one the radius falls in).
 
     Arrays are canonical LPS-axial ``[k, j, i]`` (identity direction): ``image`` int16 HU, ``mask``
     uint8 (territory label of each lesion voxel), ``regions`` uint8 (territory labels).
@@ -246,13 +270,17 @@ def make_brain_case(rng, label: int, size_groups=(None, None), return_clean: boo
         else:
             raise ACATError(f"no parenchyma of the {side} hemisphere in the generated head")
         centre = np.unravel_index(candidates[rng.integers(len(candidates))], BRAIN_GRID)
-        radius = rng.uniform(*SIZE_RADII_MM[group])
+        if radius_mm is None:
+            radius = rng.uniform(*SIZE_RADII_MM[group])
+        else:
+            radius = rng.uniform(*radius_mm)
+            group = next((g for g in SIZE_GROUPS if radius < SIZE_RADII_MM[g][1]), SIZE_GROUPS[-1])
         box, f = _blob(rng, BRAIN_GRID, centre, radius / np.asarray(BRAIN_SPACING[::-1]))
         inside = (f < 1) & (terr[box] == TERRITORY_LABELS[territory]) & paren[box] & (mask[box] == 0)
         components, _ = ndi.label(inside)
         local = tuple(int(c - s.start) for c, s in zip(centre, box))
         inside = components == components[local]
-        contrast = noise_sd + rng.uniform(*LESION_EXTRA_CONTRAST_HU)
+        contrast = noise_sd + rng.uniform(*(contrast_hu or LESION_EXTRA_CONTRAST_HU))
         profile = np.clip((1.0 - f) / 0.25, 0.0, 1.0)
         hu[box] -= np.where(inside, contrast * profile, 0.0).astype(np.float32)
         mask[box][inside] = TERRITORY_LABELS[territory]
@@ -296,8 +324,13 @@ def lung_base():
     return {"channels": torch.from_numpy(channels), "volume": ct, "centre_ijk": tuple(float(c) for c in centre)}
 
 
-def make_lung_case(rng, label: int, return_clean: bool = False) -> dict:
-    """One synthetic chest CT; ``label`` 1 adds ground-glass / consolidation patches in the lungs."""
+def make_lung_case(rng, label: int, return_clean: bool = False, involvement=None) -> dict:
+    """One synthetic chest CT; ``label`` 1 adds ground-glass / consolidation patches in the lungs.
+
+    Standard: 1-4 patches. ``involvement`` ([lo, hi], fractions of the lungs): patches are added until
+    a target drawn from [lo, hi] is reached (at most ``LUNG_MAX_PATCHES``), like MosMed's CT-1..CT-4
+    grades, which are defined by the fraction of lung involved.
+    """
     base = lung_base()
     ct = base["volume"]
     shape = ct.array.shape
@@ -311,20 +344,26 @@ def make_lung_case(rng, label: int, return_clean: bool = False) -> dict:
     lesions = []
     if label == 1:
         lung_voxels = np.flatnonzero(lungs > 0)
-        for _ in range(int(rng.integers(1, 5))):
+        if involvement is None:
+            n_patches, target = int(rng.integers(1, 5)), None
+        else:
+            n_patches, target = LUNG_MAX_PATCHES, rng.uniform(*involvement) * len(lung_voxels)
+        for _ in range(n_patches):
             kind = "ground-glass" if rng.random() < 0.65 else "consolidation"
             centre = np.unravel_index(lung_voxels[rng.integers(len(lung_voxels))], shape)
             radius = rng.uniform(10.0, 40.0)
             box, f = _blob(rng, shape, centre, radius / np.asarray(ct.spacing[::-1]), roughness=0.4)
             inside = (f < 1) & (lungs[box] > 0)
-            target = rng.uniform(*LUNG_FINDINGS[kind])
+            target_hu = rng.uniform(*LUNG_FINDINGS[kind])
             alpha = np.where(inside, np.clip((1.0 - f) / 0.4, 0.0, 1.0), 0.0)
-            hu[box] += (alpha * (target - hu[box])).astype(np.float32)
+            hu[box] += (alpha * (target_hu - hu[box])).astype(np.float32)
             code = 1 if kind == "ground-glass" else 2
             mask[box][inside & (mask[box] == 0)] = code
             lesions.append({"finding": kind, "radius_mm": round(float(radius), 2),
-                            "target_hu": round(float(target), 1), "voxels": int(inside.sum()),
+                            "target_hu": round(float(target_hu), 1), "voxels": int(inside.sum()),
                             "centre_kji": [int(c) for c in centre]})
+            if target is not None and np.count_nonzero(mask) >= target:
+                break
     noise_sd = rng.uniform(*LUNG_NOISE_HU)
     noiseless = hu.copy() if return_clean else None
     hu = hu + _correlated_noise(rng, shape, noise_sd)
@@ -342,22 +381,65 @@ def lung_size_group(involvement: float) -> str:
 
 
 # ---------------------------------------------------------------------------------- generate
-def make_case(task: str, seed: int, index: int, label: int, size_group=None, return_clean=False) -> dict:
-    """Case ``index`` of a benchmark: deterministic in (task, seed, index, label, size_group)."""
+def check_options(task: str, options=None) -> dict:
+    """The generator options (``DEFAULT_OPTIONS`` updated with ``options``), validated for ``task``."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown ACAT-Synth option(s) {unknown}; use {sorted(DEFAULT_OPTIONS)}")
+    full = {**DEFAULT_OPTIONS, **options}
+    groups = full["size_groups"]
+    if groups is not None:
+        if isinstance(groups, str) or not groups or any(g not in SIZE_GROUPS for g in groups):
+            raise ConfigError(f"size_groups {groups!r}: give a list of {', '.join(SIZE_GROUPS)}")
+        full["size_groups"] = list(groups)
+    for key, lo_min, hi_max in (("contrast_hu", 0.0, 200.0), ("radius_mm", 1.0, 60.0),
+                                ("involvement", 0.0, 0.9)):
+        value = full[key]
+        if value is None:
+            continue
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} {value!r}: give two numbers [lo, hi]") from None
+        if not lo_min <= lo <= hi <= hi_max:
+            raise ConfigError(f"{key} [{lo}, {hi}]: need {lo_min} <= lo <= hi <= {hi_max}")
+        full[key] = [lo, hi]
+    if full["size_groups"] is not None and full["radius_mm"] is not None:
+        raise ConfigError("give size_groups or radius_mm, not both (the radius decides the size group)")
+    wrong_task = [k for k in (("involvement",) if task == "brain" else
+                              ("size_groups", "contrast_hu", "radius_mm"))
+                  if full[k] is not None]
+    if wrong_task:
+        raise ConfigError(f"ACAT-Synth option(s) {wrong_task} do not apply to the {task} task")
+    return full
+
+
+def make_case(task: str, seed: int, index: int, label: int, size_group=None, return_clean=False,
+              options=None) -> dict:
+    """Case ``index`` of a benchmark: deterministic in (task, seed, index, label, size_group, options)."""
+    options = check_options(task, options)
     rng = np.random.default_rng([seed, index, TASKS.index(task)])
     if task == "brain":
-        extra = SIZE_GROUPS[rng.integers(4)]
-        return make_brain_case(rng, label, (size_group, extra), return_clean)
-    return make_lung_case(rng, label, return_clean)
+        groups = options["size_groups"] or SIZE_GROUPS
+        extra = groups[rng.integers(len(groups))]
+        return make_brain_case(rng, label, (size_group, extra), return_clean, options["contrast_hu"],
+                               options["radius_mm"])
+    return make_lung_case(rng, label, return_clean, options["involvement"])
 
 
 def generate(task: str = "brain", n: int = 10, seed: int = 0, out_dir=".", class_fractions=None,
-             progress=None) -> dict:
-    """Write ``n`` cases of ``task`` into ``out_dir`` and return the datalist (also in datalist.json)."""
+             progress=None, options=None) -> dict:
+    """Write ``n`` cases of ``task`` into ``out_dir`` and return the datalist (also in datalist.json).
+
+    ``options`` (see ``DEFAULT_OPTIONS``) makes an easier or harder variant of the benchmark; they are
+    recorded in the datalist.
+    """
     if task not in TASKS:
         raise ConfigError(f"task {task!r} unknown; use 'brain' or 'lung'")
     if int(n) < 1:
         raise ConfigError(f"n = {n}: give at least one case")
+    options = check_options(task, options)
     n, seed = int(n), int(seed)
     out = Path(out_dir)
     for sub in ("images", "masks", "regions"):
@@ -369,9 +451,10 @@ def generate(task: str = "brain", n: int = 10, seed: int = 0, out_dir=".", class
     for index, label in enumerate(labels):
         group = None
         if task == "brain" and label > 0:
-            group = SIZE_GROUPS[positives % 4]
+            groups = options["size_groups"] or SIZE_GROUPS
+            group = groups[positives % len(groups)]
             positives += 1
-        case = make_case(task, seed, index, label, group)
+        case = make_case(task, seed, index, label, group, options=options)
         name = f"{task}_{index:05d}"
         paths = {key: f"{key}/{name}.nrrd" for key in ("images", "masks", "regions")}
         for key, array_key in (("images", "image"), ("masks", "mask"), ("regions", "regions")):
@@ -392,6 +475,7 @@ def generate(task: str = "brain", n: int = 10, seed: int = 0, out_dir=".", class
     datalist = {
         "name": f"ACAT-Synth {task}", "task": task, "seed": seed, "n": n,
         "description": "synthetic lesions on real CT anatomy (ACATCore.data.synth)",
+        "options": {k: v for k, v in options.items() if v is not None},
         "class_names": list(class_names),
         "region_names": list(TERRITORIES) if task == "brain" else ["right lung", "left lung"],
         "label_counts": {name: labels.count(i) for i, name in enumerate(class_names)},
@@ -402,20 +486,36 @@ def generate(task: str = "brain", n: int = 10, seed: int = 0, out_dir=".", class
 
 
 def main(argv=None) -> int:
-    """``acat synth --task brain|lung --n N --seed S --out DIR``."""
+    """``acat synth --task brain|lung --n N --seed S --out DIR [options]``."""
     parser = argparse.ArgumentParser(prog="acat synth", description="Generate the ACAT-Synth benchmark.")
     parser.add_argument("--task", choices=TASKS, default="brain")
     parser.add_argument("--n", type=int, default=100, help="number of cases")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--size-groups", nargs="+", metavar="IS-k",
+                        help="brain: draw lesion sizes from these groups only (e.g. IS-3 IS-4)")
+    parser.add_argument("--contrast", nargs=2, type=float, metavar=("LO", "HI"),
+                        help="brain: extra lesion contrast in HU (standard "
+                             f"{LESION_EXTRA_CONTRAST_HU[0]:g} {LESION_EXTRA_CONTRAST_HU[1]:g})")
+    parser.add_argument("--radius", nargs=2, type=float, metavar=("LO", "HI"),
+                        help="brain: lesion radius in mm instead of the size groups' (e.g. 20 35)")
+    parser.add_argument("--involvement", nargs=2, type=float, metavar=("LO", "HI"),
+                        help="lung: fraction of the lungs involved in positive cases (e.g. 0.1 0.3)")
     args = parser.parse_args(argv)
+    options = {"size_groups": args.size_groups, "contrast_hu": args.contrast,
+               "radius_mm": args.radius, "involvement": args.involvement}
+    options = {k: v for k, v in options.items() if v is not None}
+    try:
+        check_options(args.task, options)
+    except ConfigError as exc:
+        parser.error(str(exc))
     start = time.perf_counter()
 
     def progress(done, total):
         if done == total or done % 10 == 0:
             print(f"\r{done}/{total} cases", end="", file=sys.stderr, flush=True)
 
-    datalist = generate(args.task, args.n, args.seed, args.out, progress=progress)
+    datalist = generate(args.task, args.n, args.seed, args.out, progress=progress, options=options)
     seconds = time.perf_counter() - start
     print(f"\nwrote {args.n} {args.task} cases ({datalist['label_counts']}) to {args.out} "
           f"in {seconds:.1f} s; datalist: {Path(args.out) / 'datalist.json'}")
