@@ -5,13 +5,10 @@ import torch
 from ACATCore.counterfactual import frozen_eval, generate
 from ACATCore.errors import ConfigError, InputError
 
-from toy import ToyBrainClassifier, ToySaliencyAided, single_thread, trained_toy
+from toy import ToyBrainClassifier, ToySaliencyAided, one_torch_thread, trained_toy  # noqa: F401 (fixture)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

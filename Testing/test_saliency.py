@@ -7,15 +7,12 @@ from ACATCore.saliency import METHODS, compute_saliency, lambda_search
 from ACATCore.saliency._common import gaussian_smooth, normalise
 from ACATCore.saliency.latent import latent_shift
 
-from toy import ToyBrainClassifier, ToySaliencyAided, single_thread, trained_toy
+from toy import ToyBrainClassifier, ToySaliencyAided, one_torch_thread, trained_toy  # noqa: F401 (fixture)
 
 FAST = {"scorecam": {"max_channels": 8}, "integrated_gradients": {"n_steps": 16}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

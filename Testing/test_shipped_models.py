@@ -17,15 +17,11 @@ from ACATCore.checkpoint import load_bundle
 from ACATCore.data import synth
 from ACATCore.preprocessing import prepare
 from ACATCore.volume import Volume
-from pipeline_helpers import one_thread
+from toy import one_torch_thread  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 UNSEEN_SEED = 1234          # the bundles were trained on generator seeds 1 (lung) and 2 (brain)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -204,3 +205,11 @@ def trained_toy(seed=0):
         xt, yt, rt = make_toy_volumes(24, seed=seed + 1000)
         _TRAINED[seed] = dict(clf=clf, ae=ae, x_test=xt, y_test=yt, region_test=rt)
     return _TRAINED[seed]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Module fixture: the whole test module on one torch thread. Use it with
+    ``from toy import one_torch_thread`` and ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    with single_thread():
+        yield
