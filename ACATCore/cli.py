@@ -11,16 +11,22 @@ and/or DICOM sub-folders, or a datalist (MONAI-style ``.json`` with ``"image"`` 
 with an ``image`` column). A batch writes ``DIR/<case>/`` per case and ``DIR/summary.csv``.
 
 Exit codes: 0 done; 2 a problem the user can fix (bad input, bad model file, output folder exists
-without --overwrite, bad option; in a batch: any case failed); 130 interrupted (Ctrl-C). Errors are
-one line on stderr; nothing half-written is left behind.
+without --overwrite or overlapping the input, bad option; in a batch: any case failed); 130
+interrupted (Ctrl-C), 143 terminated (SIGTERM). Errors are one line on stderr (``acat: error: ...``),
+warnings ``warning: ...`` lines (also in result.json); the chatter of ITK/GDCM/MetaIO is captured,
+never shown; nothing half-written is left behind and the input is never touched.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import logging
 import os
+import signal
 import sys
+import threading
+import warnings
 from pathlib import Path
 
 from .errors import ACATError, ConfigError, InputError, ModelFileError
@@ -40,14 +46,35 @@ def _probability_or_none(text: str):
         raise argparse.ArgumentTypeError(f"expected a probability in (0, 1] or 'none', not {text!r}")
     return value
 
-EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 2, 130, 143
+MAX_DATALIST_BYTES = 64 << 20
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with ACAT's error format: one ``acat: error: ...`` line and exit code 2."""
+
+    def error(self, message):
+        self.exit(EXIT_ERROR, f"acat: error: {' '.join(str(message).split())} (see: {self.prog} --help)\n")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def shown(path) -> str:
+    """A path as printable text (file-name bytes that are not UTF-8 as ``\\xNN``)."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    parser = argparse.ArgumentParser(prog="acat", description="ACAT: counterfactual saliency and attention "
+    parser = _Parser(prog="acat", description="ACAT: counterfactual saliency and attention "
                                      "for head and chest CT (research software, not for diagnosis).")
     parser.add_argument("--version", action="version", version=f"acat {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -90,15 +117,40 @@ def main(argv=None) -> int:
     if argv and argv[0] == "synth":
         return _synth(argv[1:])
     parser = build_parser()
+    if not argv:
+        parser.print_usage(sys.stderr)
+        print("acat: error: a command is needed: analyze, info or synth (see: acat --help)", file=sys.stderr)
+        return EXIT_ERROR
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
+        parser.print_usage(sys.stderr)
+        print("acat: error: a command is needed: analyze, info or synth (see: acat --help)", file=sys.stderr)
         return EXIT_ERROR
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    logger = logging.getLogger("ACATCore")
+    quiet = logging.NullHandler()          # our warnings are printed once, as "warning: ..." lines
+    logger.addHandler(quiet)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _run(args)
+    finally:
+        logger.removeHandler(quiet)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     try:
         if args.command == "analyze":
             return _analyze(args)
         if args.command == "info":
             return _info(args)
+    except _Terminated:
+        print("acat: terminated; nothing was written", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("acat: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -112,11 +164,19 @@ def main(argv=None) -> int:
             return EXIT_INTERRUPTED
         print(f"acat: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
+    except MemoryError:
+        print("acat: error: not enough memory for this analysis; try --coverage sampled or a smaller volume",
+              file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:                       # disk full, permissions changed meanwhile, ...
+        where = f" ({shown(exc.filename)})" if getattr(exc, "filename", None) else ""
+        print(f"acat: error: {exc.strerror or _one_line(exc)}{where}", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_ERROR
 
 
 def _one_line(exc) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return shown(" ".join(str(exc).split()) or type(exc).__name__)
 
 
 # ------------------------------------------------------------------------------------ analyze
@@ -125,7 +185,11 @@ class _Bar:
 
     def __init__(self, quiet: bool):
         self.bar = None
-        if not quiet:
+        try:
+            interactive = sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            interactive = False
+        if not quiet and interactive:          # a bar in a log file is noise
             from tqdm import tqdm
             self.bar = tqdm(total=1000, file=sys.stderr, leave=False, dynamic_ncols=True,
                             bar_format="{desc:<34.34}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
@@ -141,23 +205,50 @@ class _Bar:
             self.bar.close()
 
 
+def _check_device(device: str) -> None:
+    """--device: auto, cpu, cuda or cuda:N (a GPU that is there), checked before any work."""
+    import re
+    text = str(device).strip().lower()
+    if text in ("auto", "cpu"):
+        return
+    if not re.fullmatch(r"cuda(:\d{1,3})?", text):
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    import torch
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for but no CUDA GPU is available; use --device cpu")
+    if ":" in text and int(text.split(":")[1]) >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s); "
+                          "use cuda:0 .. or --device cpu")
+
+
 def _analyze(args) -> int:
     from .report import check_output_folder
-    if args.model is None:
+    if args.model is None or not str(args.model).strip():
         raise ConfigError("--model is required: a shipped model name (brain, lung) or a bundle folder")
-    if args.steps < 0:
-        raise ConfigError(f"--steps must be >= 0, not {args.steps}")
-    if not args.alpha >= 0:
-        raise ConfigError(f"--alpha must be >= 0, not {args.alpha}")
+    if args.steps < 0 or args.steps > 10000:
+        raise ConfigError(f"--steps must be 0..10000, not {args.steps}")
+    if not 0 <= args.alpha <= 1e9:
+        raise ConfigError(f"--alpha must be a number in 0..1e9, not {args.alpha}")
+    _check_device(args.device)
     source = Path(args.input)
-    if not source.exists():
-        raise InputError(f"input {source} does not exist; give a CT file, a DICOM folder, a folder of cases "
-                         "or a datalist")
+    try:
+        exists = source.exists()
+    except (OSError, ValueError):
+        exists = False
+    if not exists:
+        raise InputError(f"input {shown(source)} does not exist; give a CT file, a DICOM folder, a folder of "
+                         "cases or a datalist")
+    if not source.is_file() and not source.is_dir():
+        raise InputError(f"input {shown(source)} is not a regular file or folder (a device, pipe or socket); "
+                         "give a CT file, a DICOM folder, a folder of cases or a datalist")
     out = Path(args.out)
-    check_output_folder(out, args.overwrite)      # before any work: nothing is touched on refusal
-    if _resolves_inside(out, source):
-        raise ConfigError(f"the output folder {out} lies inside the input {source}; choose another --out")
+    if not str(args.out).strip():
+        raise ConfigError("--out is empty; give an output folder")
+    check_output_inputs(out, [source])
     cases = batch_inputs(source, force=args.batch)
+    if cases:
+        check_output_inputs(out, cases)
+    check_output_folder(out, args.overwrite)      # before any work: nothing is touched on refusal
     options = dict(model=args.model, coverage=args.coverage, steps=args.steps, alpha=args.alpha,
                    device=args.device, early_stop=args.early_stop, out_format=args.format,
                    report=not args.no_report, overwrite=args.overwrite)
@@ -166,12 +257,11 @@ def _analyze(args) -> int:
     return _analyze_batch(cases, out, args, options)
 
 
-def _resolves_inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return folder.is_dir()
-    except ValueError:
-        return False
+def check_output_inputs(out: Path, inputs) -> None:
+    """Refuse an output folder that is, contains or lies inside any input (see
+    :func:`ACATCore.report.check_output_overlap`)."""
+    from .report import check_output_overlap
+    check_output_overlap(out, inputs)
 
 
 def _analyze_one(source: Path, out: Path, args, options) -> int:
@@ -181,9 +271,11 @@ def _analyze_one(source: Path, out: Path, args, options) -> int:
         result = analyze(source, out=out, progress=bar, **options)
     finally:
         bar.close()
+    for w in result.warnings:
+        print(f"warning: {_one_line(w)}", file=sys.stderr)
     doc = json.loads((out / "result.json").read_text(encoding="utf-8"))
     if args.json:
-        print(json.dumps({**doc, "output": str(out)}, indent=2))
+        print(json.dumps({**doc, "output": shown(out)}, indent=2))
     else:
         _print_result(result, out)
     return EXIT_OK
@@ -197,40 +289,73 @@ def _print_result(result, out: Path):
         terr = f", territory {result.peak_territory}" if result.peak_territory else ""
         print(f"saliency peak at LPS ({where}) mm{terr}")
     print(f"model saw {len(result.slices_seen)} of {len(result.slice_weights)} slices")
-    for w in result.warnings:
-        print(f"warning: {w}", file=sys.stderr)
     report = out / "report" / "index.html"
-    print(f"outputs: {out}" + (f"\nreport:  {report}" if report.exists() else ""))
+    print(f"outputs: {shown(out)}" + (f"\nreport:  {shown(report)}" if report.exists() else ""))
+
+
+RESERVED_NAMES = ("summary.csv",)
+
+
+def case_names(cases) -> list:
+    """One output folder name per case: the file name without its CT suffix, made safe (letters,
+    digits, ``-_.``), unique even on a case-insensitive file system (``a``, ``a_1``, ``a_2`` ...,
+    never one that another case has as its own name) and never ``summary.csv``."""
+    from .pipeline import _case_name
+    bases = []
+    for i, c in enumerate(cases):
+        name, _ = _case_name(c, i)
+        safe = "".join(ch if (ch.isalnum() and ch.isascii() or ch in "-_.") else "_" for ch in name).strip(".")
+        bases.append(safe[:100] or f"case{i:03d}")
+    natural = {b.lower() for b in bases}        # names cases have as their own
+    taken, names = set(), []
+    for base in bases:
+        name, n = base, 0
+        while name.lower() in taken or name.lower() in RESERVED_NAMES or \
+                (name != base and name.lower() in natural):
+            n += 1
+            name = f"{base}_{n}"
+        taken.add(name.lower())
+        names.append(name)
+    return names
 
 
 def _analyze_batch(cases, out: Path, args, options) -> int:
     from .pipeline import analyze_batch
     from .report import AtomicFolder, write_summary_csv
     if not cases:
-        raise InputError(f"no CT files, DICOM folders or datalist entries found in {args.input}")
+        raise InputError(f"no CT files, DICOM folders or datalist entries found in {shown(args.input)}")
     # The whole batch folder is written beside ``out`` and moved into place at the end (all or
     # nothing, like a single case); cases that fail are listed in summary.csv and on stderr.
     overwrite = options.pop("overwrite")
     bar = _Bar(args.quiet)
     rows = []
+    named = list(zip(case_names(cases), cases))
     with AtomicFolder(out, overwrite) as tmp:
         try:
-            items = analyze_batch(cases, out=tmp, progress=bar, on_error="skip", **options)
+            items = analyze_batch(named, out=tmp, progress=bar, on_error="skip", **options)
         finally:
             bar.close()
         for item in items:
-            row = {"case": item.name, "input": item.input, "status": "ok" if item.error is None else "error",
-                   "error": item.error or "", "seconds": round(item.seconds, 2), **item.summary,
-                   "output": "" if item.error else str(out / item.name)}
+            row = {"case": item.name, "input": shown(item.input),
+                   "status": "ok" if item.error is None else "error",
+                   "error": _one_line(item.error) if item.error else "", "seconds": round(item.seconds, 2),
+                   **item.summary, "output": "" if item.error else shown(out / item.name)}
             rows.append(row)
             if item.error:
                 print(f"acat: error: {item.name}: {_one_line(item.error)}", file=sys.stderr)
+            else:
+                try:
+                    doc = json.loads((tmp / item.name / "result.json").read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    doc = {}
+                for w in doc.get("warnings", []):
+                    print(f"warning: {item.name}: {_one_line(w)}", file=sys.stderr)
         write_summary_csv(rows, tmp / "summary.csv")
     failed = sum(r["status"] != "ok" for r in rows)
     if args.json:
-        print(json.dumps({"output": str(out), "cases": rows}, indent=2))
+        print(json.dumps({"output": shown(out), "cases": rows}, indent=2))
     else:
-        print(f"{len(rows) - failed} of {len(rows)} cases analysed; summary: {out / 'summary.csv'}")
+        print(f"{len(rows) - failed} of {len(rows)} cases analysed; summary: {shown(out / 'summary.csv')}")
     return EXIT_OK if failed == 0 else EXIT_ERROR
 
 
@@ -270,9 +395,9 @@ def batch_inputs(source: Path, force: bool = False):
         if d.is_dir() and not d.name.startswith(".") and any(_is_dicom_file(p) for p in d.iterdir() if p.is_file()):
             cases.append(d)
     if not cases and not force and not files:
-        raise InputError(f"{source} is an empty folder; give a CT file, a DICOM folder or a folder of cases")
+        raise InputError(f"{shown(source)} is an empty folder; give a CT file, a DICOM folder or a folder of cases")
     if not cases and not force:
-        raise InputError(f"{source} holds no DICOM images, CT files or DICOM sub-folders")
+        raise InputError(f"{shown(source)} holds no DICOM images, CT files or DICOM sub-folders")
     return cases
 
 
@@ -281,11 +406,29 @@ def _resolve(entry: str, base: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
+def _datalist_text(path: Path) -> str:
+    """The datalist's text: UTF-8 (a BOM is dropped); bytes that are not UTF-8 (a Latin-1 file) are
+    kept as they are, so paths still name the same files."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"cannot read datalist {shown(path)} ({exc.strerror or exc})") from None
+    if size > MAX_DATALIST_BYTES:
+        raise InputError(f"datalist {shown(path)} is {size:,} bytes, more than a datalist can be "
+                         f"({MAX_DATALIST_BYTES:,}); split it")
+    return path.read_bytes().decode("utf-8-sig", "surrogateescape")
+
+
+def _entry_ok(image) -> bool:
+    return isinstance(image, str) and image.strip() != "" and "\0" not in image and len(image) < 4096
+
+
 def _datalist_json(path: Path):
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"datalist {path} is not valid JSON ({exc})") from None
+        doc = json.loads(_datalist_text(path))
+    except (ValueError, RecursionError) as exc:   # bad JSON, numbers too long to convert, nesting too deep
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else " ".join(str(exc).split())[:120]
+        raise InputError(f"datalist {shown(path)} is not valid JSON ({reason})") from None
     # a list of paths or items, or MONAI style: every list of items {"image": ...} in the object
     # (training, validation, test, ...); an image listed twice is analysed once
     entries = []
@@ -298,32 +441,41 @@ def _datalist_json(path: Path):
     cases = []
     for e in entries:
         image = e.get("image") if isinstance(e, dict) else e
-        if isinstance(image, str) and _resolve(image, path.parent) not in cases:
+        if _entry_ok(image) and _resolve(image, path.parent) not in cases:
             cases.append(_resolve(image, path.parent))
     if not cases:
-        raise InputError(f"datalist {path} has no entries with an \"image\"")
+        raise InputError(f"datalist {shown(path)} has no entries with an \"image\"")
     return cases
 
 
 def _datalist_csv(path: Path):
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    import io as _io
+    text = _datalist_text(path)
+    try:
+        rows = list(csv.reader(_io.StringIO(text, newline="")))
+    except csv.Error as exc:        # a field over csv.field_size_limit() (128 KB), a NUL byte, ...
+        raise InputError(f"datalist {shown(path)} is not a valid CSV file ({' '.join(str(exc).split())[:120]})") from None
     if not rows:
-        raise InputError(f"datalist {path} is empty")
+        raise InputError(f"datalist {shown(path)} is empty")
     header = [h.strip().lower() for h in rows[0]]
     col = header.index("image") if "image" in header else None
     body = rows[1:] if col is not None else rows
     col = 0 if col is None else col
-    cases = [_resolve(r[col].strip(), path.parent) for r in body if len(r) > col and r[col].strip()]
+    cases = []
+    for r in body:
+        if len(r) > col and _entry_ok(r[col]) and _resolve(r[col].strip(), path.parent) not in cases:
+            cases.append(_resolve(r[col].strip(), path.parent))
     if not cases:
-        raise InputError(f"datalist {path} has no image paths")
+        raise InputError(f"datalist {shown(path)} has no image paths")
     return cases
 
 
 # ------------------------------------------------------------------------------------ info
 def _info(args) -> int:
-    from .checkpoint import BUNDLE_FILES, read_card, sha256_of
+    from .checkpoint import BUNDLE_FILES, verify_model_file
     target = Path(args.model)
+    if not str(args.model).strip():
+        raise ConfigError("give a model: brain, lung, a bundle folder or a .safetensors/.json model file")
     if target.is_file() or target.suffix in (".safetensors", ".json"):
         files = [target]
     else:
@@ -333,12 +485,8 @@ def _info(args) -> int:
     for f in files:
         weights = f.with_suffix(".safetensors")
         if not weights.is_file():
-            raise ModelFileError(f"model file {weights} not found")
-        card = read_card(weights)
-        if sha256_of(weights) != card.get("sha256"):
-            raise ModelFileError(f"{weights.name} does not match the SHA-256 in its card: the file was modified "
-                                 "or corrupted; get a fresh copy")
-        cards[weights.stem] = card
+            raise ModelFileError(f"model file {shown(weights)} not found")
+        cards[weights.stem] = verify_model_file(weights)      # card, both checksums, shapes, finite weights
     if args.json:
         print(json.dumps(cards if len(cards) > 1 else next(iter(cards.values())), indent=2))
         return EXIT_OK
@@ -351,6 +499,8 @@ def _bundle_folder(model: str) -> Path:
     path = Path(model)
     if path.is_dir():
         return path
+    if path.exists() or os.sep in str(model):
+        raise ModelFileError(f"model bundle folder {shown(path)} not found (not a folder)")
     from .resources import resources_dir
     folder = resources_dir() / "models" / model
     if not folder.is_dir():

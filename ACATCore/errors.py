@@ -14,7 +14,7 @@ class InputError(ACATError, ValueError):
 
 
 class ModelFileError(ACATError):
-    """A model file or its model card is missing, corrupt, tampered with or does not fit."""
+    """A model file or its model card is missing, corrupt (checksum, schema, values) or does not fit."""
 
 
 class ConfigError(ACATError, ValueError):

@@ -14,14 +14,29 @@ DICOM stores positions as decimal strings (about 1e-6 mm). A DICOM reader orders
 slice normal, so a left-handed volume (slice axis opposite to row x column) comes back with its
 slices reversed and a right-handed direction: every voxel keeps its physical position.
 Input files are never modified.
-Warnings worth showing the user (which series, gantry tilt) go to ``volume.metadata["warnings"]``
-as well as to :mod:`warnings` and :mod:`logging`.
+Warnings worth showing the user (which series, gantry tilt, DICOM files left out, duplicated or missing
+slices, no PixelSpacing) go to ``volume.metadata["warnings"]`` as well as to :mod:`warnings` and
+:mod:`logging`.
+
+Robustness: before ITK allocates anything, a NRRD/MetaImage/NIfTI header's claimed size is checked
+against :data:`MAX_VOXELS` and against the bytes the file (or its detached data file) really holds;
+compressed data is decompressed in chunks, to its end, to check it is complete and its checksum right
+(:func:`check_file_header`). Devices, pipes and sockets are refused; names with bytes that are not
+UTF-8 reach ITK through temporary symbolic links; what ITK/GDCM/MetaIO print on stderr is captured
+(:func:`native_output_captured`) and only used to word the error.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import re
+import shutil
+import stat
+import sys
+import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -53,27 +68,154 @@ def _suffix(path: Path) -> str:
     return ""
 
 
+# ------------------------------------------------------------------------------------ limits
+# The largest volume ACAT reads: 2^29 voxels (e.g. 512 x 512 x 2048). Every header's claimed size is
+# checked against this and against the bytes the file really holds BEFORE anything is allocated.
+MAX_VOXELS = 1 << 29
+_CHUNK = 1 << 20
+
+
+def display_path(path) -> str:
+    """``path`` as printable text: bytes that are not UTF-8 (undecodable file names) as ``\\xNN``."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+# ------------------------------------------------------------------------------------ native noise
+_capture_lock = threading.RLock()
+_capture_depth = [0]
+
+
+class _Captured:
+    text = ""
+
+
+@contextlib.contextmanager
+def native_output_captured():
+    """Capture what ITK, GDCM and MetaIO print on the process's stderr (file descriptor 2) while
+    the block runs; the text is in ``.text`` afterwards (used for error messages, never shown)."""
+    cap = _Captured()
+    with _capture_lock:
+        if _capture_depth[0]:
+            yield cap
+            return
+        try:
+            sys.stderr.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+        try:
+            saved = os.dup(2)
+        except OSError:
+            yield cap
+            return
+        _capture_depth[0] += 1
+        tmp = tempfile.TemporaryFile()
+        try:
+            os.dup2(tmp.fileno(), 2)
+            yield cap
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            _capture_depth[0] -= 1
+            try:
+                tmp.seek(0)
+                cap.text = tmp.read(65536).decode("utf-8", "replace")
+            finally:
+                tmp.close()
+
+
+@contextlib.contextmanager
+def _itk_read_path(path: Path):
+    """A path string SimpleITK can take for ``path``: itself, or (a name with bytes that are not
+    UTF-8, which SimpleITK cannot pass to C++) a symbolic link with a plain name in a temp folder."""
+    text = str(path)
+    if _utf8_ok(text):
+        yield text
+        return
+    tmp = tempfile.mkdtemp(prefix="acat-read-")
+    try:
+        parent = os.path.abspath(os.fsencode(str(path.parent)))
+        os.symlink(parent, os.path.join(os.fsencode(tmp), b"d"))
+        if _utf8_ok(path.name):
+            yield os.path.join(tmp, "d", path.name)
+        else:
+            link = os.path.join(tmp, "input" + (_suffix(path) or ".img"))
+            os.symlink(os.path.abspath(os.fsencode(str(path))), os.fsencode(link))
+            yield link
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)     # only links: their targets are untouched
+
+
+@contextlib.contextmanager
+def _itk_write_path(path: Path):
+    """Like :func:`_itk_read_path` for a file to be written (the file lands at ``path``)."""
+    text = str(path)
+    if _utf8_ok(text):
+        yield text
+        return
+    tmp = tempfile.mkdtemp(prefix="acat-write-")
+    try:
+        parent = os.path.abspath(os.fsencode(str(path.parent)))
+        os.symlink(parent, os.path.join(os.fsencode(tmp), b"d"))
+        name = path.name if _utf8_ok(path.name) else ".acat-write" + (_suffix(path) or ".img")
+        yield os.path.join(tmp, "d", name)
+        if name != path.name:
+            os.replace(os.path.join(parent, os.fsencode(name)), os.fsencode(str(path)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _itk_reason(exc, native: str = "") -> str:
+    """The useful last line of an ITK exception (no C++ file names, no stale errno)."""
+    lines = [re.sub(r"^\[\w+\]\s*", "", ln.strip()) for ln in (str(exc) + "\n" + native).splitlines()
+             if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("Exception thrown", "sitk::ERROR", "Error in ",
+                                                       "itk::ERROR", "WARNING", "Warning"))
+             and not re.match(r"^(/|[A-Za-z]:\\).*\.(cxx|cpp|h|hxx)", ln)]
+    reason = lines[-1] if lines else "unknown reason"
+    reason = re.sub(r"\s*\(?Reason: [^)]*\)?", "", reason)       # errno left over from another call
+    reason = re.sub(r"\S*acat-read-\S*", "the file", reason)
+    return reason.strip()[:160] or "unknown reason"
+
+
 # ------------------------------------------------------------------------------------ reading
 def read_volume(path, series_uid: str | None = None, check_ct: bool = False) -> Volume:
     """Read a CT volume (file or DICOM series folder) into a :class:`Volume` with its geometry.
 
-    Raises :class:`InputError` for a missing, unreadable or truncated file, a folder without DICOM
-    images, an unknown ``series_uid``, and for images that are not 3-D scalar volumes.
+    Raises :class:`InputError` for a missing, unreadable, truncated or corrupt file, a device or
+    pipe, a header claiming more voxels than the file holds (checked before anything is allocated),
+    a folder without DICOM images, an unknown ``series_uid``, and for images that are not 3-D scalar
+    volumes. A DICOM series with left-out, duplicated or missing slices is read with a warning
+    (``volume.metadata["warnings"]``) or refused when its geometry cannot be known.
     With ``check_ct=True`` the volume also goes through :func:`validate_ct`.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path} does not exist: give the path of a CT file or DICOM folder")
+    shown = display_path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{shown} does not exist: give the path of a CT file or DICOM folder") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {shown} ({exc.strerror or exc}); check the path and its permissions") from None
     notes: list = []
-    metadata = {"source": str(path)}
-    if path.is_dir():
+    metadata = {"source": shown}
+    if stat.S_ISDIR(st.st_mode):
         image, uid = _read_dicom_series(path, series_uid, notes)
         metadata["series_uid"] = uid
+    elif not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{shown} is not a regular file (a device, pipe or socket); give a CT file or DICOM folder")
     else:
         if series_uid is not None:
-            raise InputError(f"series_uid was given but {path} is a file: give the DICOM folder instead")
+            raise InputError(f"series_uid was given but {shown} is a file: give the DICOM folder instead")
         image = _read_file(path)
-    volume = _image_to_volume(image, path)
+    volume = _image_to_volume(image, shown)
     volume.metadata.update(metadata)
     volume.metadata["warnings"] = notes
     if check_ct:
@@ -82,85 +224,504 @@ def read_volume(path, series_uid: str | None = None, check_ct: bool = False) -> 
 
 
 def _read_file(path: Path) -> sitk.Image:
+    shown = display_path(path)
     if path.stat().st_size == 0:
-        raise InputError(f"{path} is empty (0 bytes): re-export the CT as NIfTI, NRRD or DICOM")
-    if _suffix(path) in (".nii", ".nii.gz"):
-        _check_nifti_complete(path)  # ITK silently zero-fills a truncated NIfTI
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        lines = [re.sub(r"^\[\w+\]\s*", "", ln.strip()) for ln in str(exc).splitlines() if ln.strip()]
-        lines = [ln for ln in lines if not ln.startswith("Exception thrown")]
-        reason = lines[-1] if lines else "unknown reason"
-        raise InputError(f"cannot read {path}: it is unreadable, truncated or not an image "
-                         f"({reason[:160]}); re-export the CT as NIfTI, NRRD or DICOM") from None
+        raise InputError(f"{shown} is empty (0 bytes): re-export the CT as NIfTI, NRRD or DICOM")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"cannot read {shown}: permission denied")
+    check_file_header(path)     # sizes claimed by the header against the file, before ITK allocates
+    with _itk_read_path(path) as name, native_output_captured() as native:
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(name)
+            reader.ReadImageInformation()
+            _check_voxels(reader.GetSize(), reader.GetNumberOfComponents(), shown)
+            image = reader.Execute()
+            error = None
+        except RuntimeError as exc:
+            error = exc
+    if error is not None:
+        raise InputError(f"cannot read {shown}: it is unreadable, truncated or not an image "
+                         f"({_itk_reason(error, native.text)}); re-export the CT as NIfTI, NRRD or DICOM") from None
+    return image
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """Raise InputError when a NIfTI file holds fewer bytes than its header promises."""
-    bad = f"cannot read {path}: the NIfTI file is truncated or corrupt; re-export or copy it again"
+def _check_voxels(size, components, shown) -> None:
+    n = int(np.prod([max(0, int(s)) for s in size], dtype=object)) * max(1, int(components or 1))
+    if n > MAX_VOXELS:
+        dims = " x ".join(str(int(s)) for s in size)
+        raise InputError(f"{shown} claims {dims} voxels ({n:,}), more than ACAT reads ({MAX_VOXELS:,}); "
+                         "crop or downsample the CT")
+
+
+# ------------------------------------------------------------------------------------ header checks
+_NRRD_TYPE_SIZE = {
+    **dict.fromkeys(["signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t"], 1),
+    **dict.fromkeys(["short", "short int", "signed short", "signed short int", "int16", "int16_t", "ushort",
+                     "unsigned short", "unsigned short int", "uint16", "uint16_t"], 2),
+    **dict.fromkeys(["int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32", "uint32_t",
+                     "float"], 4),
+    **dict.fromkeys(["longlong", "long long", "long long int", "signed long long", "signed long long int",
+                     "int64", "int64_t", "ulonglong", "unsigned long long", "unsigned long long int", "uint64",
+                     "uint64_t", "double"], 8),
+}
+_MET_TYPE_SIZE = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+                  "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+                  "MET_DOUBLE": 8}
+# NIfTI datatype code -> bits per voxel
+_NIFTI_BITPIX = {2: 8, 4: 16, 8: 32, 16: 32, 32: 64, 64: 64, 128: 24, 256: 8, 512: 16, 768: 32, 1024: 64,
+                 1280: 64, 1536: 128, 1792: 128, 2048: 256, 2304: 32}
+
+
+def check_file_header(path: Path) -> None:
+    """Check a NRRD, MetaImage or NIfTI header against the file: sane dimensions, at most
+    :data:`MAX_VOXELS`, and (raw data) enough bytes or (compressed data) a stream that really
+    decompresses to the size claimed (counted in chunks: nothing the size of the image is held).
+    Raises :class:`InputError`; other formats are left to ITK."""
+    suffix = _suffix(path)
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if suffix in (".nii", ".nii.gz"):
+        _check_nifti(path)
+    elif head.startswith(b"NRRD000") or suffix in (".nrrd", ".nhdr"):
+        _check_nrrd(path)
+    elif suffix in (".mha", ".mhd"):
+        _check_metaimage(path)
+
+
+def _corrupt(path, what: str) -> InputError:
+    return InputError(f"cannot read {display_path(path)}: {what}; re-export or copy the CT again")
+
+
+def _claimed(path, dims, bytes_per_voxel) -> int:
+    dims = [int(d) for d in dims]
+    if not dims or any(d < 1 for d in dims):
+        raise _corrupt(path, f"corrupt header (dimensions {dims})")
+    _check_voxels(dims, 1, display_path(path))
+    return int(np.prod(dims, dtype=object)) * int(bytes_per_voxel)
+
+
+def _count_decompressed(path, start: int, needed: int, kind: str) -> tuple:
+    """Decompress the stream at ``start`` chunk by chunk (nothing the size of the image is held) to
+    its end, so that its checksum is verified; ``(bytes it yields, whether it ended)``, counting
+    stops a little beyond ``needed``."""
+    import bz2
+    import zlib
+    got = 0
+    d = bz2.BZ2Decompressor() if kind == "bzip2" else zlib.decompressobj(47)   # zlib or gzip header
+    with open(path, "rb") as f:
+        f.seek(start)
+        try:
+            while got <= needed + _CHUNK:
+                if kind == "bzip2":
+                    data = f.read(_CHUNK) if d.needs_input else b""
+                    if d.needs_input and not data:
+                        break
+                    out = d.decompress(data, max_length=_CHUNK)
+                else:
+                    data = d.unconsumed_tail or f.read(_CHUNK)
+                    if not data:
+                        break
+                    out = d.decompress(data, _CHUNK)
+                got += len(out)
+                if d.eof:
+                    break
+        except (OSError, EOFError, ValueError, zlib.error) as exc:
+            raise _corrupt(path, f"the compressed image data cannot be decoded ({exc})") from None
+    return got, d.eof
+
+
+def _check_compressed(path, start, needed, kind):
+    got, ended = _count_decompressed(path, start, needed, kind)
+    if got < needed or (not ended and got <= needed + _CHUNK):
+        raise _corrupt(path, f"the compressed image data is truncated or corrupt ({min(got, needed):,} of "
+                             f"{needed:,} bytes, {'complete' if ended else 'no end of stream'})")
+
+
+def _check_nrrd(path: Path) -> None:
+    with open(path, "rb") as f:
+        raw = f.read(1 << 20)
+    if not raw.startswith(b"NRRD000"):
+        raise _corrupt(path, "not a NRRD file (no NRRD magic)")
+    end = raw.find(b"\n\n")
+    sep = 2
+    if end < 0:
+        end, sep = raw.find(b"\r\n\r\n"), 4
+    fields = {}
+    for line in raw[: end if end >= 0 else len(raw)].decode("latin-1").splitlines()[1:]:
+        if line.startswith("#") or ":" not in line:
+            continue
+        key, _, value = line.partition(":")
+        fields[key.strip().lower()] = value.lstrip("=").strip()
     try:
-        if path.name.lower().endswith(".gz"):
-            import gzip
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            data = path.read_bytes()
-    except (OSError, EOFError) as exc:
-        raise InputError(f"{bad} ({exc})") from None
-    if len(data) < 348:
-        raise InputError(bad)
-    for endian in "<>":
-        size = int(np.frombuffer(data, endian + "i4", 1, 0)[0])
-        if size == 348:   # NIfTI-1
-            dim = np.frombuffer(data, endian + "i2", 8, 40).astype(np.int64)
-            bitpix = int(np.frombuffer(data, endian + "i2", 1, 72)[0])
-            offset = int(np.frombuffer(data, endian + "f4", 1, 108)[0])
+        dims = [int(v) for v in fields.get("sizes", "").split()]
+        ndim = int(fields.get("dimension", len(dims)))
+    except ValueError:
+        raise _corrupt(path, "corrupt NRRD header (sizes)") from None
+    if not dims or ndim != len(dims) or not 1 <= ndim <= 16:
+        raise _corrupt(path, f"corrupt NRRD header (dimension {fields.get('dimension')}, sizes {fields.get('sizes')})")
+    size = _NRRD_TYPE_SIZE.get(" ".join(fields.get("type", "").lower().split()))
+    needed = _claimed(path, dims, size or 1)
+    detached = fields.get("data file") or fields.get("datafile")
+    if size is None:
+        return          # unknown type: ITK says so
+    encoding = fields.get("encoding", "raw").lower()
+    if detached:
+        _check_detached(path, detached, needed, encoding, fields.get("byte skip", fields.get("byteskip", "0")))
+        return
+    if end < 0:
+        raise _corrupt(path, "the NRRD header has no end (no blank line before the data)")
+    start = end + sep
+    for _ in range(max(0, int(fields.get("line skip", fields.get("lineskip", "0")) or 0))):
+        nl = raw.find(b"\n", start)
+        start = nl + 1 if nl >= 0 else start
+    skip = fields.get("byte skip", fields.get("byteskip", "0")) or "0"
+    try:
+        skip = int(skip)
+    except ValueError:
+        raise _corrupt(path, "corrupt NRRD header (byte skip)") from None
+    file_size = path.stat().st_size
+    if encoding == "raw":
+        available = file_size - start - max(skip, 0) if skip >= 0 else file_size
+        if available < needed:
+            raise _corrupt(path, f"the file is truncated ({max(available, 0):,} of {needed:,} bytes of image data)")
+    elif encoding in ("gzip", "gz", "bzip2", "bz2"):
+        _check_compressed(path, start + max(skip, 0), needed, "bzip2" if encoding.startswith("bz") else "gzip")
+    elif encoding in ("ascii", "text", "txt"):
+        if (file_size - start) < needed // max(size, 1):
+            raise _corrupt(path, "the file is truncated (fewer numbers than voxels)")
+    elif encoding == "hex":
+        if (file_size - start) < 2 * needed:
+            raise _corrupt(path, "the file is truncated")
+
+
+def _check_metaimage(path: Path) -> None:
+    with open(path, "rb") as f:
+        raw = f.read(1 << 16)
+    fields, start = {}, None
+    pos = 0
+    for line in raw.split(b"\n"):
+        pos += len(line) + 1
+        text = line.decode("latin-1").strip()
+        if "=" not in text:
+            continue
+        key, _, value = text.partition("=")
+        fields[key.strip().lower()] = value.strip()
+        if key.strip().lower() == "elementdatafile":
+            start = pos
             break
-        if size == 540 and len(data) >= 540:   # NIfTI-2
-            dim = np.frombuffer(data, endian + "i8", 8, 16)
-            bitpix = int(np.frombuffer(data, endian + "i2", 1, 14)[0])
-            offset = int(np.frombuffer(data, endian + "i8", 1, 168)[0])
+    if start is None or "dimsize" not in fields:
+        return          # not a header we understand: ITK decides
+    try:
+        dims = [int(v) for v in fields["dimsize"].split()]
+        ndim = int(fields.get("ndims", len(dims)))
+        channels = int(fields.get("elementnumberofchannels", "1") or 1)
+    except ValueError:
+        raise _corrupt(path, "corrupt MetaImage header (DimSize)") from None
+    if ndim != len(dims) or not 1 <= ndim <= 16 or channels < 1:
+        raise _corrupt(path, f"corrupt MetaImage header (NDims {fields.get('ndims')}, DimSize {fields['dimsize']})")
+    etype = fields.get("elementtype", "").upper().replace("_ARRAY", "")
+    size = _MET_TYPE_SIZE.get(etype)
+    needed = _claimed(path, dims + [channels], size or 1)
+    compressed = fields.get("compresseddata", "false").lower() in ("true", "1", "yes")
+    if size is None:
+        return          # an unknown type: ITK says so
+    if fields.get("elementdatafile", "").upper() != "LOCAL":
+        _check_detached(path, fields.get("elementdatafile", ""), needed, "zlib" if compressed else "raw",
+                        fields.get("headersize", "0"))
+        return
+    file_size = path.stat().st_size
+    if compressed:
+        _check_compressed(path, start, needed, "zlib")
+    else:
+        header_size = int(fields.get("headersize", "0") or 0) if fields.get("headersize", "0").lstrip("-").isdigit() else 0
+        available = file_size if header_size == -1 else file_size - start - max(header_size, 0)
+        if available < needed:
+            raise _corrupt(path, f"the file is truncated ({max(available, 0):,} of {needed:,} bytes of image data)")
+
+
+def _check_detached(header: Path, name: str, needed: int, encoding: str, skip) -> None:
+    """The data file a NRRD/MetaImage header names (one file, not a list or pattern): present and
+    holding the claimed bytes (raw) or a stream that decompresses to them."""
+    name = name.strip()
+    if not name or name.upper().startswith("LIST") or "%" in name or " " in name:
+        return          # a list of slice files: ITK checks each
+    data = Path(name) if os.path.isabs(name) else header.parent / name
+    if not data.is_file():
+        raise _corrupt(header, f"its data file {display_path(name)} is missing")
+    try:
+        skip = int(skip or 0)
+    except ValueError:
+        skip = 0
+    if encoding == "raw":
+        available = data.stat().st_size - max(skip, 0) if skip >= 0 else data.stat().st_size
+        if available < needed:
+            raise _corrupt(header, f"its data file is truncated ({max(available, 0):,} of {needed:,} bytes)")
+    elif encoding in ("gzip", "gz", "zlib", "bzip2", "bz2"):
+        _check_compressed(data, max(skip, 0), needed, "bzip2" if encoding.startswith("bz") else "gzip")
+
+
+def _check_nifti(path: Path) -> None:
+    """Raise InputError when a NIfTI header is inconsistent or the file holds fewer bytes than it promises."""
+    import gzip
+    import zlib
+    gz = path.name.lower().endswith(".gz")
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            head = f.read(544)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _corrupt(path, f"the NIfTI file is corrupt ({exc})") from None
+    if len(head) < 348:
+        raise _corrupt(path, "the NIfTI file is truncated (incomplete header)")
+    for endian in "<>":
+        size = int(np.frombuffer(head, endian + "i4", 1, 0)[0])
+        if size == 348:   # NIfTI-1
+            dim = np.frombuffer(head, endian + "i2", 8, 40).astype(np.int64)
+            datatype = int(np.frombuffer(head, endian + "i2", 1, 70)[0])
+            bitpix = int(np.frombuffer(head, endian + "i2", 1, 72)[0])
+            offset = float(np.frombuffer(head, endian + "f4", 1, 108)[0])
+            magic, minimum = head[344:347], 352
+            break
+        if size == 540 and len(head) >= 540:   # NIfTI-2
+            dim = np.frombuffer(head, endian + "i8", 8, 16)
+            datatype = int(np.frombuffer(head, endian + "i2", 1, 12)[0])
+            bitpix = int(np.frombuffer(head, endian + "i2", 1, 14)[0])
+            offset = float(np.frombuffer(head, endian + "i8", 1, 168)[0])
+            magic, minimum = head[4:7], 544
             break
     else:
-        raise InputError(f"cannot read {path}: not a NIfTI header (corrupt file?); re-export the CT")
+        raise _corrupt(path, "not a NIfTI header")
     ndim = int(dim[0])
     if not 1 <= ndim <= 7 or (dim[1:ndim + 1] < 1).any():
-        raise InputError(f"cannot read {path}: corrupt NIfTI header (dimensions {dim[1:ndim + 1]}); re-export the CT")
-    needed = offset + int(np.prod(dim[1:ndim + 1])) * bitpix // 8
-    if len(data) < needed:
-        raise InputError(f"{bad} ({len(data)} of {needed} bytes)")
+        raise _corrupt(path, f"corrupt NIfTI header (dimensions {[int(d) for d in dim[1:max(ndim, 0) + 1][:7]]})")
+    if datatype not in _NIFTI_BITPIX:
+        raise _corrupt(path, f"corrupt NIfTI header (unknown datatype {datatype})")
+    if bitpix != _NIFTI_BITPIX[datatype]:
+        raise _corrupt(path, f"corrupt NIfTI header (bitpix {bitpix} does not match datatype {datatype}, "
+                             f"which has {_NIFTI_BITPIX[datatype]} bits)")
+    if not np.isfinite(offset) or offset != int(offset) or (magic in (b"n+1", b"n+2") and offset < minimum) \
+            or offset < 0:
+        raise _corrupt(path, f"corrupt NIfTI header (vox_offset {offset:g}: the image data would overlap the header)")
+    needed = int(offset) + _claimed(path, dim[1:ndim + 1], bitpix // 8)
+    if gz:
+        try:
+            got = 0
+            with gzip.open(path, "rb") as f:     # to the end: the gzip CRC is checked there
+                while got <= needed + 16 * _CHUNK:
+                    chunk = f.read(_CHUNK)
+                    if not chunk:
+                        break
+                    got += len(chunk)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise _corrupt(path, f"the NIfTI file is truncated or corrupt ({exc})") from None
+    else:
+        got = path.stat().st_size
+    if got < needed:
+        raise _corrupt(path, f"the NIfTI file is truncated ({got:,} of {needed:,} bytes)")
+
+
+MAX_DICOM_FILES = 20000
+
+
+def _names(paths, limit: int = 3) -> str:
+    shown = [display_path(Path(p).name) for p in paths[:limit]]
+    return ", ".join(shown) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
 def _read_dicom_series(folder: Path, series_uid, notes: list):
-    reader = sitk.ImageSeriesReader()
+    """Read one DICOM series of ``folder`` (see :func:`read_volume`).
+
+    GDCM only sees a private folder of links to the folder's regular, non-empty files (so that file
+    names that are not UTF-8, pipes or devices never reach it). Every file GDCM leaves out, every
+    duplicated slice position and every gap is reported; a series without positions, with all its
+    slices at one position or with an invalid PixelSpacing is refused."""
+    shown = display_path(folder)
     try:
-        uids = list(reader.GetGDCMSeriesIDs(str(folder)) or [])
-    except RuntimeError:
-        uids = []
+        entries = sorted(os.scandir(os.fsencode(str(folder))), key=lambda e: e.name)
+    except OSError as exc:
+        raise InputError(f"cannot list the folder {shown} ({exc.strerror or exc})") from None
+    files, empty = [], []
+    for e in entries:
+        if e.name.startswith(b"."):
+            continue
+        try:
+            if not e.is_file():
+                continue
+            size = e.stat().st_size
+        except OSError:
+            continue
+        (files if size > 0 else empty).append(os.fsdecode(e.path))
+    if len(files) > MAX_DICOM_FILES:
+        raise InputError(f"{shown} holds {len(files)} files, more than ACAT reads as one series "
+                         f"({MAX_DICOM_FILES}); give the folder of one CT series")
+    farm = tempfile.mkdtemp(prefix="acat-dicom-")
+    try:
+        original = {}
+        for i, f in enumerate(files):
+            link = os.path.join(farm, f"{i:06d}")
+            os.symlink(os.path.abspath(os.fsencode(f)), link)
+            original[link] = f
+        return _read_dicom_links(folder, farm, original, empty, series_uid, notes)
+    finally:
+        shutil.rmtree(farm, ignore_errors=True)          # links only
+
+
+def _read_dicom_links(folder, farm, original, empty, series_uid, notes):
+    shown = display_path(folder)
+    reader = sitk.ImageSeriesReader()
+    with native_output_captured():
+        try:
+            uids = list(reader.GetGDCMSeriesIDs(farm) or [])
+        except RuntimeError:
+            uids = []
+        files_of = {uid: list(reader.GetGDCMSeriesFileNames(farm, uid)) for uid in uids}
     if not uids:
-        raise InputError(f"no DICOM images found in folder {folder}: choose the folder that holds the "
+        raise InputError(f"no DICOM images found in folder {shown}: choose the folder that holds the "
                          "CT series' .dcm files")
-    files_of = {uid: list(reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids}
     if series_uid is not None:
         if series_uid not in files_of:
-            raise InputError(f"series {series_uid} is not in {folder}; it holds {', '.join(uids)}")
+            raise InputError(f"series {series_uid} is not in {shown}; it holds {', '.join(uids)}")
         uid = series_uid
     else:
         uid = max(uids, key=lambda u: len(files_of[u]))
         if len(uids) > 1:
-            _warn(notes, f"{folder} holds {len(uids)} DICOM series; reading the largest, {uid} "
+            _warn(notes, f"{shown} holds {len(uids)} DICOM series; reading the largest, {uid} "
                          f"({len(files_of[uid])} files); pass series_uid to choose another")
-    files = files_of[uid]
+    if empty:
+        _warn(notes, f"{len(empty)} empty (0-byte) file(s) in {shown} left out: {_names(empty)}")
+    listed = {f for fs in files_of.values() for f in fs}
+    left_out = [original[f] for f in sorted(original) if f not in listed
+                and os.path.basename(original[f]).upper() not in ("DICOMDIR", "LOCKFILE", "VERSION")]
+    if left_out:
+        _warn(notes, f"{len(left_out)} file(s) in {shown} are not readable DICOM images and were left "
+                     f"out: {_names(left_out)}")
+    files = _checked_series_files(files_of[uid], original, shown, notes)
+    reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(f"cannot read DICOM series {uid} in {folder} ({str(exc).strip()[-120:]}); "
+    with native_output_captured() as native:
+        try:
+            image = reader.Execute()
+            error = None
+        except RuntimeError as exc:
+            error = exc
+    if error is not None:
+        bad = _unreadable_slices(files)
+        if bad and len(bad) < len(files):
+            _warn(notes, f"{len(bad)} DICOM slice(s) of series {uid} in {shown} are truncated or corrupt "
+                         f"and were left out: {_names([original[f] for f in bad])}")
+            files = _checked_series_files([f for f in files if f not in bad], original, shown, notes,
+                                          report_dropped=False)
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(files)
+            reader.MetaDataDictionaryArrayUpdateOn()
+            with native_output_captured() as native:
+                try:
+                    image = reader.Execute()
+                    error = None
+                except RuntimeError as exc:
+                    error = exc
+    if error is not None:
+        raise InputError(f"cannot read DICOM series {uid} in {shown} ({_itk_reason(error, native.text)}); "
                          "check that the files are complete CT images") from None
     _check_gantry_tilt(reader, files, image, notes)
     return image, uid
+
+
+def _unreadable_slices(files) -> set:
+    bad = set()
+    for f in files:
+        with native_output_captured():
+            try:
+                r = sitk.ImageFileReader()
+                r.SetFileName(f)
+                r.Execute()
+            except RuntimeError:
+                bad.add(f)
+    return bad
+
+
+def _floats_of(reader, key, n):
+    if not reader.HasMetaDataKey(key):
+        return None
+    try:
+        values = [float(v) for v in reader.GetMetaData(key).strip().split("\\")]
+    except ValueError:
+        return []
+    return values if len(values) == n else []
+
+
+def _checked_series_files(files, original, shown, notes, report_dropped: bool = True) -> list:
+    """The series' files in GDCM's order without duplicated positions; checks positions and spacing."""
+    infos = []
+    unreadable = []
+    voxels = 0
+    for f in files:
+        r = sitk.ImageFileReader()
+        r.SetFileName(f)
+        with native_output_captured():
+            try:
+                r.ReadImageInformation()
+            except RuntimeError:
+                unreadable.append(f)
+                continue
+        size = r.GetSize()
+        voxels += int(np.prod([int(s) for s in size], dtype=object))
+        infos.append((f, _floats_of(r, "0020|0032", 3), _floats_of(r, "0020|0037", 6),
+                      _floats_of(r, "0028|0030", 2)))
+    if voxels > MAX_VOXELS:
+        raise InputError(f"the DICOM series in {shown} claims {voxels:,} voxels, more than ACAT reads "
+                         f"({MAX_VOXELS:,}); crop or downsample the CT")
+    if unreadable and report_dropped:
+        _warn(notes, f"{len(unreadable)} DICOM slice(s) in {shown} have unreadable headers and were left out: "
+                     f"{_names([original[f] for f in unreadable])}")
+    if not infos:
+        raise InputError(f"no readable DICOM images in {shown}; check that the files are complete CT images")
+    if len(infos) == 1:
+        return [infos[0][0]]
+    missing = [f for f, ipp, _, _ in infos if not ipp]
+    if missing:
+        raise InputError(f"{len(missing)} of {len(infos)} DICOM slices in {shown} have no valid "
+                         "ImagePositionPatient (0020,0032): the slice order and spacing are unknown; "
+                         "re-export the series with positions")
+    spacings = [ps for _, _, _, ps in infos]
+    if any(ps == [] or (ps and not all(math.isfinite(v) and v > 0 for v in ps)) for ps in spacings):
+        bad = next(ps for ps in spacings if ps == [] or (ps and not all(math.isfinite(v) and v > 0 for v in ps)))
+        raise InputError(f"the DICOM series in {shown} has an invalid PixelSpacing (0028,0030) {bad}: the "
+                         "voxel size is unknown; fix the header or re-export the series")
+    if any(ps is None for ps in spacings):
+        _warn(notes, f"the DICOM series in {shown} has no PixelSpacing (0028,0030): read with 1 mm x 1 mm "
+                     "pixels, so distances and sizes may be wrong")
+    iop = next((o for _, _, o, _ in infos if o), None) or [1, 0, 0, 0, 1, 0]
+    normal = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
+    if not np.linalg.norm(normal) > 0:
+        raise InputError(f"the DICOM series in {shown} has an invalid ImageOrientationPatient (0020,0037) {iop}")
+    normal = normal / np.linalg.norm(normal)
+    pos = np.array([np.asarray(ipp) @ normal for _, ipp, _, _ in infos])
+    order = np.argsort(pos, kind="stable")
+    steps = np.diff(pos[order])
+    if np.ptp(pos) < 1e-4:
+        raise InputError(f"all {len(infos)} DICOM slices in {shown} lie at the same position: the slice "
+                         "spacing is unknown (duplicated files, or not a CT volume)")
+    typical = float(np.median(steps[steps > 1e-4]))
+    dup = set()
+    for n, step in enumerate(steps):
+        if step < max(1e-4, 0.01 * typical):
+            dup.add(int(order[n + 1]))
+    if dup and report_dropped:
+        _warn(notes, f"{len(dup)} DICOM slice(s) in {shown} repeat the position of another slice and were "
+                     f"left out: {_names([original[infos[i][0]] for i in sorted(dup)])}")
+    kept = [i for i in range(len(infos)) if i not in dup]
+    kpos = np.sort(pos[kept])
+    ksteps = np.diff(kpos)
+    if len(ksteps) and (ksteps.max() > 1.5 * typical or ksteps.min() < 0.67 * typical):
+        gap = int(np.argmax(ksteps))
+        _warn(notes, f"uneven DICOM slice spacing in {shown} ({ksteps.min():.3g}..{ksteps.max():.3g} mm, "
+                     f"typically {typical:.3g} mm; missing slice(s) near {kpos[gap]:.1f}..{kpos[gap + 1]:.1f} mm "
+                     "along the slice normal?): the volume is read on an even grid and slices beyond the gap "
+                     "are displaced; check the series")
+    kept.sort(key=lambda i: pos[i])       # along the slice normal (GDCM falls back to names on duplicates)
+    return [infos[i][0] for i in kept]
 
 
 def _check_gantry_tilt(reader, files, image, notes) -> None:
@@ -188,7 +749,7 @@ def _check_gantry_tilt(reader, files, image, notes) -> None:
                      "non-tilted grid and may be geometrically distorted; resample (de-tilt) it first")
 
 
-def _image_to_volume(image: sitk.Image, path: Path) -> Volume:
+def _image_to_volume(image: sitk.Image, path) -> Volume:
     dim = image.GetDimension()
     if dim != 3:
         kind = "2-D" if dim == 2 else f"{dim}-D"
@@ -214,7 +775,7 @@ def volume_to_image(volume: Volume) -> sitk.Image:
 
 def image_to_volume(image: sitk.Image) -> Volume:
     """The Volume of a 3-D scalar SimpleITK image."""
-    return _image_to_volume(image, Path("<image>"))
+    return _image_to_volume(image, "<image>")
 
 
 # ------------------------------------------------------------------------------------ writing
@@ -226,7 +787,15 @@ def write_volume(volume: Volume, path, compress: bool = True) -> Path:
     path = Path(path)
     if _suffix(path) in FILE_SUFFIXES:
         path.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(volume_to_image(volume), str(path), compress)
+        image = volume_to_image(volume)
+        with _itk_write_path(path) as name, native_output_captured() as native:
+            try:
+                sitk.WriteImage(image, name, compress)
+                error = None
+            except RuntimeError as exc:
+                error = exc
+        if error is not None:
+            raise OSError(f"cannot write {display_path(path)} ({_itk_reason(error, native.text)})")
         return path
     if _suffix(path) in DICOM_SUFFIXES:
         raise InputError(f"{path}: a CT volume is written as a DICOM series folder; give a folder path")
@@ -269,8 +838,9 @@ def write_dicom_series(volume: Volume, folder, series_description: str = "ACAT",
         slice_image.SetMetaData("0020|0013", str(k + 1))
         slice_image.SetMetaData("0008|0018", f"{uid_root}.3.{k + 1}")
         name = folder / f"slice_{k:04d}.dcm"
-        writer.SetFileName(str(name))
-        writer.Execute(slice_image)
+        with _itk_write_path(name) as target, native_output_captured():
+            writer.SetFileName(target)
+            writer.Execute(slice_image)
         files.append(name)
     return files
 

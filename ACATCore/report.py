@@ -14,8 +14,11 @@ Output folder layout (``save_result``)::
     report/panels/*.png            every panel alone, pixel-aligned with report/panels/ct.png
 
 (``.nii.gz`` instead of ``.nrrd`` with ``fmt="nifti"``.) Everything is written to a hidden
-temporary folder beside the output and moved into place with ``os.replace`` at the end, so an
-error or Ctrl-C never leaves a half-written output folder.
+temporary folder beside the output (``.<name>.tmp-<pid>-<random>``) and moved into place with
+``os.replace`` at the end, so an error, Ctrl-C or SIGTERM never leaves a half-written output folder;
+one left by a killed process (its pid no longer runs) is removed by the next write to the same output.
+An output given as a symbolic link stays a link: the folder it points to is replaced.
+The report always shows axial slices, whatever plane the volume was stored in.
 """
 from __future__ import annotations
 
@@ -25,8 +28,10 @@ import io as _io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,32 +46,155 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "analysis_result.sch
 
 
 # ----------------------------------------------------------------------------------- folders
+def _shown(path) -> str:
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def _real_target(out: Path) -> Path:
+    """The folder really written: the target of ``out`` when ``out`` is a symbolic link."""
+    return Path(os.path.realpath(out)) if out.is_symlink() else out
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
 def check_output_folder(out, overwrite: bool = False) -> Path:
-    """Raise unless ``out`` can be written: a folder that exists and is not empty needs ``overwrite``."""
+    """Raise unless ``out`` can be written, before any work: a folder that exists and is not empty
+    needs ``overwrite``; a path below a file, in a folder that cannot be written, or with a name too
+    long for the file system is refused."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ACATError(f"output {out} exists and is a file; give a folder path for --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ACATError(f"output folder {out} already exists and is not empty; "
+    shown = _shown(out)
+    try:
+        return _check_output_folder(out, shown, overwrite)
+    except OSError as exc:                 # a name too long, a loop of links, no permission to look
+        raise ACATError(f"cannot use output folder {shown} ({exc.strerror or exc})") from None
+
+
+def _check_output_folder(out: Path, shown: str, overwrite: bool) -> Path:
+    for part in Path(os.path.abspath(out)).parts:
+        if len(os.fsencode(part)) > 255:
+            raise ACATError(f"cannot create output folder {shown}: the name {_shown(part)[:40]}... is longer "
+                            "than the file system allows (255 bytes)")
+    target = _real_target(out)
+    if target.exists() and not target.is_dir():
+        raise ACATError(f"output {shown} exists and is a file; give a folder path for --out")
+    non_empty = target.is_dir() and any(os.scandir(target))
+    if non_empty and not overwrite:
+        raise ACATError(f"output folder {shown} already exists and is not empty; "
                         "use --overwrite (overwrite=True) to replace it, or choose another folder")
+    absolute = Path(os.path.abspath(target))
+    existing = absolute
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ACATError(f"cannot create output folder {shown}: {_shown(existing)} is a file, not a folder")
+    limit = _name_max(existing)
+    for part in absolute.parts[len(existing.parts):] + ((absolute.name,) if absolute == existing else ()):
+        if len(os.fsencode(part)) > limit:
+            raise ACATError(f"cannot create output folder {shown}: the name {_shown(part)[:40]}... is longer "
+                            f"than the file system allows ({limit} bytes)")
+    if len(os.fsencode(absolute.name)) + 40 > limit:
+        raise ACATError(f"cannot create output folder {shown}: its name is too long "
+                        f"(at most {limit - 40} bytes, to leave room for the temporary folder beside it)")
+    probe_in = absolute.parent if absolute.parent.is_dir() else existing
+    try:
+        probe = tempfile.mkdtemp(prefix=".acat-probe-", dir=probe_in)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise ACATError(f"cannot create output folder {shown}: {_shown(probe_in)} is not writable "
+                        f"({exc.strerror or exc})") from None
     return out
+
+
+def check_output_overlap(out, inputs) -> None:
+    """Refuse (:class:`ConfigError`) an output folder that is, contains or lies inside any input
+    (a file, a DICOM folder, a batch folder, a datalist or one of its entries): writing it with
+    ``overwrite`` would otherwise delete the input. Symbolic links are followed."""
+    real_out = Path(os.path.realpath(out))
+    for inp in inputs:
+        if not isinstance(inp, (str, os.PathLike)):
+            continue
+        try:
+            real_in = Path(os.path.realpath(inp))
+        except (OSError, ValueError):
+            continue
+        what = None
+        if real_out == real_in:
+            what = "is the input"
+        elif real_out in real_in.parents:
+            what = "contains the input"
+        elif real_in in real_out.parents:
+            what = "lies inside the input"
+        if what:
+            raise ConfigError(f"the output folder {_shown(out)} {what} {_shown(inp)}; choose another --out "
+                              "(the input is never modified)")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temporaries(target) -> list:
+    """Remove ``.<name>.tmp-<pid>-*`` folders beside ``target`` left by ACAT processes that no longer
+    run (killed while writing); a stale ``.<name>.old-<pid>-*`` is put back when ``target`` is gone,
+    else removed. Returns what was removed or restored."""
+    target = Path(target)
+    parent = target.parent
+    done = []
+    if not parent.is_dir():
+        return done
+    name = re.escape(os.fsencode(target.name).decode("utf-8", "surrogateescape"))
+    pattern = re.compile(rf"^\.{name}\.(tmp|old)-(\d+)-")
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return done
+    for e in sorted(entries, key=lambda e: e.name):
+        m = pattern.match(e.name)
+        if not m or int(m.group(2)) == os.getpid() or _alive(int(m.group(2))):
+            continue
+        try:
+            if not e.is_dir(follow_symlinks=False):
+                continue
+            if m.group(1) == "old" and not os.path.lexists(target):
+                os.replace(e.path, target)
+            else:
+                shutil.rmtree(e.path)
+            done.append(e.path)
+        except OSError:
+            pass
+    return done
 
 
 class AtomicFolder:
     """Write into a temporary sibling folder; on success replace ``target`` with it, else delete it.
 
-    Use as ``with AtomicFolder(out, overwrite) as tmp: ...write into tmp...``.
+    Use as ``with AtomicFolder(out, overwrite) as tmp: ...write into tmp...``. A ``target`` that is a
+    symbolic link stays one (the folder it points to is replaced); temporaries of killed earlier runs
+    are cleaned first (:func:`remove_stale_temporaries`).
     """
 
     def __init__(self, target, overwrite: bool = False):
-        self.target = Path(target)
+        self.link = Path(target)
+        self.target = _real_target(Path(target))
         self.overwrite = overwrite
         self.tmp = None
 
     def __enter__(self) -> Path:
-        check_output_folder(self.target, self.overwrite)
+        check_output_folder(self.link, self.overwrite)
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
+        remove_stale_temporaries(self.target)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-{os.getpid()}-", dir=self.target.parent))
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
@@ -76,14 +204,17 @@ class AtomicFolder:
         old = None
         try:
             if self.target.exists():
-                check_output_folder(self.target, self.overwrite)   # someone may have written meanwhile
-                old = self.target.parent / f".{self.target.name}.old-{os.getpid()}-{id(self)}"
+                check_output_folder(self.link, self.overwrite)   # someone may have written meanwhile
+                old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-{os.getpid()}-",
+                                            dir=self.target.parent))
                 os.replace(self.target, old)
             os.replace(self.tmp, self.target)
         except BaseException:
             if old is not None and not self.target.exists():
                 os.replace(old, self.target)
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
@@ -183,7 +314,7 @@ def result_to_json(result: AnalysisResult, files: dict | None = None) -> dict:
         "schema_version": JSON_SCHEMA_VERSION,
         "acat_version": __version__,
         "input": {
-            "path": settings.get("input_path") or vol.metadata.get("source"),
+            "path": _display(settings.get("input_path") or vol.metadata.get("source")),
             "shape_kji": [int(v) for v in vol.shape],
             "spacing_mm": [float(v) for v in vol.spacing],
             "origin_lps_mm": [float(v) for v in vol.origin],
@@ -211,6 +342,10 @@ def result_to_json(result: AnalysisResult, files: dict | None = None) -> dict:
         "timings_s": {k: float(v) for k, v in (result.timings or {}).items()},
         "warnings": [str(w) for w in result.warnings],
     }
+
+
+def _display(path):
+    return None if path is None else _shown(path)
 
 
 def load_schema() -> dict:
@@ -241,7 +376,8 @@ def write_summary_csv(rows: list, path) -> Path:
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: row.get(k, "") for k in columns})
+        writer.writerow({k: _shown(row.get(k, "")) if isinstance(row.get(k), str) else row.get(k, "")
+                         for k in columns})
     return atomic_write_text(path, buf.getvalue())
 
 
@@ -292,8 +428,39 @@ def report_slice(result: AnalysisResult) -> int:
     return result.input.shape[0] // 2
 
 
+def axial_view(result: AnalysisResult) -> AnalysisResult:
+    """``result`` with every volume turned to axial slices (``to_canonical``) when the input was
+    stored as coronal or sagittal planes; slice indices, slice weights and the peak follow. An
+    axially stored result comes back as it is (the display flips rows and columns itself)."""
+    from .preprocessing import canonical_axes, to_canonical
+    vol = result.input
+    perm, flip = canonical_axes(vol.direction)
+    if tuple(perm) == (0, 1, 2):
+        return result
+    n = vol.shape[perm[0]]
+    seen = np.asarray(result.slices_seen, dtype=int)
+    seen = np.sort(n - 1 - seen) if flip[0] else seen
+    weights = np.asarray(result.slice_weights, dtype=float)
+    if flip[0]:
+        weights = weights[::-1]
+    peak = None
+    if result.peak_index is not None:
+        i, j, k = result.peak_index
+        kji = (k, j, i)
+        c = [kji[perm[a]] for a in range(3)]
+        shape = [vol.shape[perm[a]] for a in range(3)]
+        c = [shape[a] - 1 - c[a] if flip[a] else c[a] for a in range(3)]
+        peak = (int(c[2]), int(c[1]), int(c[0]))
+    return replace(result, input=to_canonical(vol), saliency=to_canonical(result.saliency),
+                   attention={n_: to_canonical(v) for n_, v in result.attention.items()},
+                   counterfactuals={n_: to_canonical(v) for n_, v in result.counterfactuals.items()},
+                   slices_seen=seen, slice_weights=weights, peak_index=peak)
+
+
 def make_panels(result: AnalysisResult, k: int | None = None) -> dict:
-    """name -> RGB float array (H, W, 3), all pixel-aligned with "ct": the report's panels."""
+    """name -> RGB float array (H, W, 3), all pixel-aligned with "ct": the report's panels (axial
+    slice ``k`` of the axial view, :func:`axial_view`)."""
+    result = axial_view(result)
     k = report_slice(result) if k is None else k
     vol = result.input
     win = _window(result)
@@ -342,6 +509,8 @@ def make_report(result: AnalysisResult, folder, files: dict | None = None) -> Pa
 
     folder = Path(folder)
     (folder / "panels").mkdir(parents=True, exist_ok=True)
+    original = result
+    result = axial_view(result)
     k = report_slice(result)
     panels = make_panels(result, k)
     for name, rgb in panels.items():
@@ -389,7 +558,7 @@ def make_report(result: AnalysisResult, folder, files: dict | None = None) -> Pa
     fig.savefig(folder / "slice_weights.png", dpi=110)
     plt.close(fig)
 
-    page = _html(result, k, files or {})
+    page = _html(original, k, files or {})
     atomic_write_text(folder / "index.html", page)
     return folder / "index.html"
 
@@ -414,9 +583,10 @@ def _html(result: AnalysisResult, k: int, files: dict) -> str:
                          for key, v in files.items() if key != "report")
     warns = "".join(f"<li>{e(str(w))}</li>" for w in result.warnings) or "<li>none</li>"
     ranges = []
+    view = axial_view(result)
     for name in ATTENTION_NAMES:
-        a = result.attention[name].array
-        a = a[result.slices_seen] if len(result.slices_seen) else a
+        a = view.attention[name].array
+        a = a[view.slices_seen] if len(view.slices_seen) else a
         ranges.append(f"{name} {float(a.min()):.3f}..{float(a.max()):.3f}")
     attention_ranges = "; ".join(ranges)
     src = settings.get("input_path") or result.input.metadata.get("source") or "array"
@@ -430,7 +600,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px}}i
 <p>Input: {e(str(src))} &mdash; {result.input.shape[2]} x {result.input.shape[1]} x {result.input.shape[0]} voxels,
 spacing {", ".join(f"{s:.3g}" for s in result.input.spacing)} mm.<br>
 Model: {e(str(card.get("model_name")))} ({e(str(card.get("task")))}), weights sha256 {e(str(card.get("sha256", ""))[:16])}&hellip;<br>
-Coverage: {e(str(settings.get("coverage")))}; the model saw {len(result.slices_seen)} of {result.input.shape[0]} slices.
+Coverage: {e(str(settings.get("coverage")))}; the model saw {len(result.slices_seen)} of {len(result.slice_weights)} slices.
 Counterfactual steps {e(str(settings.get("steps")))}, alpha {e(str(settings.get("alpha")))}.</p>
 <h2>Prediction: {e(result.predicted_class)} ({result.probabilities[result.predicted_index]:.1%})</h2>
 <table><tr><th>class</th><th>ACAT</th><th>baseline</th></tr>{''.join(rows)}</table>

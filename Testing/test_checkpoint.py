@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from ACATCore.checkpoint import SCHEMA_VERSION, load_bundle, load_model, save_model, sha256_of
+from ACATCore.checkpoint import SCHEMA_VERSION, card_digest, load_bundle, load_model, save_model, sha256_of
 from ACATCore.errors import ConfigError, ModelFileError
 from ACATCore.models import build_model
 
@@ -36,10 +36,13 @@ def saved(tmp_path):
     return model, path, card
 
 
-def _edit_card(path, **changes):
+def _edit_card(path, reseal=True, **changes):
+    """Change card fields; ``reseal``: recompute card_sha256 (a deliberate edit, checked on its merits)."""
     card_file = path.with_suffix(".json")
     card = json.loads(card_file.read_text())
     card.update(changes)
+    if reseal:
+        card["card_sha256"] = card_digest(card)
     card_file.write_text(json.dumps(card))
     return card
 
@@ -197,3 +200,58 @@ def test_bundle_by_folder_and_by_name(tmp_path, monkeypatch):
     (folder / "autoencoder.safetensors").unlink()
     with pytest.raises(ModelFileError, match="lacks autoencoder.safetensors"):
         load_bundle(folder)
+
+
+def test_card_hash_covers_the_card(saved):
+    """An edit of the card without re-sealing it is caught; reseal_card accepts a deliberate one."""
+    from ACATCore.checkpoint import reseal_card
+    _, path, _ = saved
+    _edit_card(path, reseal=False, class_names=["findings", "normal"])
+    with pytest.raises(ModelFileError, match="card_sha256"):
+        load_model(path)
+    reseal_card(path)
+    assert load_model(path)[1]["class_names"] == ["findings", "normal"]
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("class_names", ["only one"], "outputs"), ("class_names", [1, 2], "class_names"),
+    ("preprocessing", {**PREP, "window": [float("-inf"), 400]}, "window"),
+    ("preprocessing", {**PREP, "slices": 100000}, "slices"),
+    ("model_config", {**TINY_LUNG, "layers": [1000000, 1, 1, 1]}, "layers"),
+    ("model_config", {**TINY_LUNG, "block_inplanes": [100000, 4, 8, 8]}, "out of range"),
+])
+def test_card_values_are_checked_before_any_tensor(saved, field, value, needle):
+    _, path, _ = saved
+    _edit_card(path, **{field: value})
+    with pytest.raises(ModelFileError, match=needle):
+        load_model(path)
+
+
+def test_new_optional_card_keys_are_accepted(saved):
+    _, path, _ = saved
+    _edit_card(path, preprocessing={**PREP, "brain_extraction": True})
+    load_model(path)
+    _edit_card(path, preprocessing={**PREP, "brain_extraction": "yes"})
+    with pytest.raises(ModelFileError, match="brain_extraction"):
+        load_model(path)
+
+
+def test_nan_weights_with_a_matching_hash_are_refused(saved):
+    from safetensors.torch import load_file, save_file
+    _, path, _ = saved
+    tensors = load_file(str(path))
+    key = next(k for k, t in tensors.items() if t.is_floating_point())
+    tensors[key].view(-1)[0] = float("nan")
+    save_file(tensors, str(path))
+    _edit_card(path, sha256=sha256_of(path))
+    with pytest.raises(ModelFileError, match="NaN"):
+        load_model(path)
+
+
+def test_shipped_cards_are_sealed():
+    from ACATCore.checkpoint import read_card
+    from ACATCore.resources import resources_dir
+    cards = sorted((resources_dir() / "models").glob("*/*.json"))
+    assert cards
+    for card in cards:
+        read_card(card.with_suffix(".safetensors"))

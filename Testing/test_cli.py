@@ -279,3 +279,20 @@ def test_early_stop_default_matches_the_engine_and_none_gives_fixed_steps(capsys
             parser.parse_args(["analyze", "x", "--model", "lung", "--out", "o", "--early-stop", bad])
         assert exc.value.code == 2
         assert "probability" in capsys.readouterr().err
+
+
+def test_output_that_holds_the_input_is_refused_even_with_overwrite(bundle, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    scan = data / "scan.nrrd"
+    shutil.copy(chest_ct_path(), scan)
+    before = snapshot(data)
+    for out in (data, scan, tmp_path):
+        code, _, err = run(["analyze", scan, "--model", bundle, "--out", out, *FAST, "--overwrite"], capsys)
+        assert code == 2 and "input" in err and len(err.strip().splitlines()) == 1, err
+    assert snapshot(data) == before
+
+
+def test_acat_alone_prints_usage_on_stderr(capsys):
+    code, out, err = run([], capsys)
+    assert code == 2 and out == "" and err.startswith("usage: acat") and "acat: error:" in err

@@ -230,3 +230,42 @@ def test_real_compressed_head_ct_slice_through_a_written_series(tmp_path):
     back = read_volume(write_volume(stack, tmp_path / "head"), check_ct=True)
     np.testing.assert_array_equal(back.array, stack.array)
     assert_same_geometry(back, stack, 1e-6)
+
+
+def test_dicom_series_faults_are_warned_or_refused(tmp_path):
+    """A missing or duplicated slice is read with a warning; no positions or a bad PixelSpacing is refused."""
+    import shutil
+
+    import pydicom
+    volume = ct_like(direction=np.eye(3))
+    files = write_dicom_series(volume, tmp_path / "gap")
+    files[5].unlink()
+    back = read_volume(tmp_path / "gap")
+    assert back.shape[0] == volume.shape[0] - 1 and any("uneven" in w for w in back.metadata["warnings"])
+    files = write_dicom_series(volume, tmp_path / "dup")
+    shutil.copy(files[3], tmp_path / "dup" / "a_copy.dcm")
+    back = read_volume(tmp_path / "dup")
+    np.testing.assert_array_equal(back.array, volume.array)           # order kept, copy left out
+    assert any("repeat the position" in w for w in back.metadata["warnings"])
+    for name, edit, needle in [("nopos", lambda ds: delattr(ds, "ImagePositionPatient"), "ImagePositionPatient"),
+                               ("ps0", lambda ds: setattr(ds, "PixelSpacing", [0, 0]), "PixelSpacing"),
+                               ("same", lambda ds: setattr(ds, "ImagePositionPatient", [0, 0, 0]), "same position")]:
+        for f in write_dicom_series(volume, tmp_path / name):
+            ds = pydicom.dcmread(f)
+            edit(ds)
+            ds.save_as(f)
+        with pytest.raises(InputError, match=needle):
+            read_volume(tmp_path / name)
+
+
+def test_header_sizes_are_checked_before_reading(tmp_path):
+    huge = tmp_path / "huge.nrrd"
+    huge.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 512 512 1000\nencoding: raw\n\n" + bytes(1 << 16))
+    with pytest.raises(InputError, match="truncated"):
+        read_volume(huge)
+    nii = write_volume(ct_like(), tmp_path / "ct.nii")
+    data = bytearray(nii.read_bytes())
+    data[108:112] = np.float32(np.nan).tobytes()                     # vox_offset
+    nii.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="vox_offset"):
+        read_volume(nii)

@@ -156,3 +156,65 @@ def test_summary_csv_has_every_column(tmp_path):
     back = list(csv.DictReader(path.open()))
     assert list(back[0]) == ["case", "status", "p(normal)", "error"]
     assert back[1]["error"] == "bad" and back[1]["p(normal)"] == ""
+
+
+@pytest.mark.parametrize("perm", [(1, 0, 2), (2, 1, 0)], ids=["coronal", "sagittal"])
+def test_report_of_a_volume_stored_as_coronal_or_sagittal_planes(ct, tmp_path, perm):
+    """The report shows axial slices whatever the storage plane (no IndexError), the same panels."""
+    from ACATCore.preprocessing import canonical_axes
+    axial = synthetic_result(ct)
+    # the same voxels stored with the array axes permuted: direction columns follow (i, j, k)
+    order = [2 - p for p in perm][::-1]                 # numpy perm -> (i, j, k) columns
+    stored = Volume(np.ascontiguousarray(np.transpose(ct.array, perm)),
+                    spacing=tuple(np.asarray(ct.spacing)[order]), origin=ct.origin,
+                    direction=ct.direction[:, order])
+    assert canonical_axes(stored.direction)[0] != (0, 1, 2)
+    i, j, k = axial.peak_index
+    kji = np.array([k, j, i])[list(perm)]
+    result = synthetic_result(stored, centre=(int(kji[2]), int(kji[1]), int(kji[0])))
+    result.slices_seen = np.arange(ct.shape[0])
+    result.slice_weights = np.linspace(0.01, 0.05, ct.shape[0])
+    make_report(result, tmp_path / "report")
+    a, b = make_panels(axial), make_panels(result)
+    assert a["ct"].shape == b["ct"].shape
+    assert np.allclose(a["ct"], b["ct"], atol=1e-6)
+
+
+def test_atomic_folder_keeps_a_symlink_and_cleans_stale_temporaries(tmp_path):
+    import os
+    import subprocess
+    import sys
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "old.txt").write_text("old")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".real.tmp-{dead.pid}-abcdefgh"
+    stale.mkdir()
+    with AtomicFolder(link, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert link.is_symlink() and [p.name for p in real.iterdir()] == ["new.txt"]
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+    assert os.readlink(link) == str(real)
+
+
+def test_output_checks_before_any_work(tmp_path):
+    from ACATCore.report import check_output_overlap
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ACATError, match="is a file"):
+        check_output_folder(tmp_path / "file" / "out")
+    with pytest.raises(ACATError, match="longer than"):
+        check_output_folder(tmp_path / ("o" * 300))
+    data = tmp_path / "data"
+    data.mkdir()
+    scan = data / "scan.nrrd"
+    scan.write_text("x")
+    for out, what in [(data, "contains"), (scan, "is the input"), (tmp_path, "contains")]:
+        with pytest.raises(ACATError, match=what):
+            check_output_overlap(out, [scan])
+    with pytest.raises(ACATError, match="lies inside"):
+        check_output_overlap(data / "out", [data])
+    check_output_overlap(tmp_path / "elsewhere", [scan])
