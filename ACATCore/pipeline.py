@@ -137,6 +137,8 @@ def resolve_device(device: str = "auto"):
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r} is not supported; use auto, cpu or cuda[:N]")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for but no CUDA GPU is available; use --device cpu")
     return dev
@@ -235,16 +237,23 @@ def sampling_offsets(n_slices: int, spec: dict, coverage: str = "full") -> list:
 
 
 def _prepare_all(volume, spec, coverage, prog):
-    """The prepared samplings of ``volume`` and the set of input slices they see."""
-    from .preprocessing import canonical_axes, prepare
+    """The prepared samplings of ``volume``, their offsets, the set of input slices they see, the
+    number of slices there were to see, and the brain mask (canonical; None without extraction)."""
+    from .preprocessing import canonical_axes, check_spec, prepare, to_canonical
     perm, _ = canonical_axes(volume.direction)
-    offsets = sampling_offsets(volume.shape[perm[0]], spec, coverage)
+    n_slices, brain = volume.shape[perm[0]], None
+    if check_spec(spec)["brain_extraction"]:
+        from .brain_extraction import extract_brain
+        canonical = to_canonical(volume)
+        brain = extract_brain(canonical.array, canonical.spacing)
+        n_slices = brain.slices[1] - brain.slices[0] + 1
+    offsets = sampling_offsets(n_slices, spec, coverage)
     prepared, seen = [], set()
     for n, off in enumerate(offsets):
-        prepared.append(prepare(volume, spec, offset=off))
+        prepared.append(prepare(volume, spec, offset=off, brain=brain))
         seen.update(int(k) for k in np.asarray(prepared[-1].slice_indices).ravel())
         prog.report((n + 1) / len(offsets))
-    return prepared, offsets, seen
+    return prepared, offsets, seen, n_slices, brain
 
 
 # -------------------------------------------------------------------------------------- analysis
@@ -283,8 +292,10 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
         raise ConfigError(f"coverage must be one of {', '.join(COVERAGES)}, not {coverage!r}")
     prog = _Progress(progress, cancel, with_write=out is not None)
     if out is not None:
-        from .report import check_output_folder
+        from .report import check_output_folder, check_output_overlap
         check_output_folder(out, overwrite)    # fail before the work, not after
+        if isinstance(volume_or_path, (str, os.PathLike)):
+            check_output_overlap(out, [volume_or_path])     # never write over (or around) the input
 
     prog.stage("read")
     volume = read_input(volume_or_path)
@@ -295,8 +306,7 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
     input_path = str(volume_or_path) if isinstance(volume_or_path, (str, os.PathLike)) else None
 
     prog.stage("preprocess")
-    prepared, offsets, seen = _prepare_all(volume, spec, coverage, prog)
-    n_slices = volume.shape[prepared[0].slice_axis]
+    prepared, offsets, seen, n_slices, brain = _prepare_all(volume, spec, coverage, prog)
     warnings = list(volume.metadata.get("warnings", []))
     for p in prepared:
         for w in getattr(p, "warnings", []) or []:
@@ -356,6 +366,9 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
     probabilities = np.concatenate(acat_probs).mean(axis=0)
     baseline = np.concatenate(base_probs).mean(axis=0)
     prog.stage("map back")
+    if brain is not None:           # maps and the peak only where the brain is
+        from .preprocessing import from_canonical
+        merger.restrict_to(from_canonical(brain.mask, prepared[0].perm, prepared[0].flip))
     saliency = merger.volume_of("saliency")
     peak_value = float(saliency.array.max())
     if peak_value > 0:          # resampling and merging lower the peak a little: max back to 1
@@ -375,7 +388,7 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
         peak_index = (int(i), int(j), int(k))
         peak_lps = tuple(float(v) for v in volume.index_to_physical(peak_index))
         if card.get("task") == "brain":
-            territory, note = peak_territory(volume, peak_index)
+            territory, note = peak_territory(volume, peak_index, brain)
             if note:
                 warnings.append(note)
     else:
@@ -520,6 +533,11 @@ class _SliceMerger:
             self.count += mask
         self.sums = {}
         self.slice_sums = {}
+        self.keep = None
+
+    def restrict_to(self, mask: np.ndarray):
+        """Maps are zero outside ``mask`` (input grid), e.g. outside the brain."""
+        self.keep = np.asarray(mask, dtype=bool)
 
     def _index(self, mask):
         index = [slice(None)] * 3
@@ -540,6 +558,8 @@ class _SliceMerger:
         shape = [1, 1, 1]
         shape[self.axis] = -1
         total /= np.maximum(self.count, 1).reshape(shape).astype(np.float32)
+        if self.keep is not None:
+            total[~self.keep] = 0.0
         return self.volume.with_array(total, kind=name)
 
     def add_slice_values(self, name: str, sampling: int, values: np.ndarray):
@@ -557,20 +577,23 @@ class _SliceMerger:
         return out
 
 
-def peak_territory(volume: Volume, peak_index) -> tuple:
+def peak_territory(volume: Volume, peak_index, brain=None) -> tuple:
     """(vascular territory name or None, note or None) at ``peak_index`` (i, j, k) of a head CT.
 
-    Uses the geometric territory definition (``ACATCore.data.territories``) on an
-    approximate brain mask of this volume; None with a note when the peak is outside the brain."""
-    from .data.territories import brain_mask, territory_at, territory_map
+    Uses the geometric territories (``ACATCore.data.territories``) on the brain mask
+    (``brain``, a canonical :class:`~ACATCore.brain_extraction.BrainMask`; extracted here when None);
+    None with a note when the peak is outside the brain."""
+    from .brain_extraction import extract_brain
+    from .data.territories import territory_at, territory_map
     from .preprocessing import canonical_axes, to_canonical
-    canon = to_canonical(volume).array
     perm, flip = canonical_axes(volume.direction)
-    i, j, k = peak_index
-    kji = (k, j, i)
+    if brain is None:
+        canonical = to_canonical(volume)
+        brain = extract_brain(canonical.array, canonical.spacing, check=False)
+    mask = brain.mask
+    kji = (peak_index[2], peak_index[1], peak_index[0])
     c = [kji[perm[a]] for a in range(3)]
-    c = [canon.shape[a] - 1 - c[a] if flip[a] else c[a] for a in range(3)]
-    mask = brain_mask(canon)
+    c = [mask.shape[a] - 1 - c[a] if flip[a] else c[a] for a in range(3)]
     if not mask.any():
         return None, "vascular territory not reported: no brain found in the volume"
     if not mask[tuple(c)]:
@@ -671,13 +694,16 @@ def _case_name(x, i):
 
 
 def _unique(names):
-    seen, out = {}, []
-    for n in names:
-        safe = "".join(c if (c.isalnum() or c in "-_.") else "_" for c in n).strip(".") or "case"
-        if safe in seen:
-            seen[safe] += 1
-            safe = f"{safe}_{seen[safe]}"
-        else:
-            seen[safe] = 0
-        out.append(safe)
+    """Safe, distinct folder names (also on a case-insensitive file system): a, a_1, a_2, ...,
+    never one that another case has as its own name, never ``summary.csv``."""
+    safe = ["".join(c if (c.isalnum() or c in "-_.") else "_" for c in n).strip(".") or "case" for n in names]
+    natural = {s.lower() for s in safe}
+    taken, out = set(), []
+    for base in safe:
+        name, n = base, 0
+        while name.lower() in taken or name.lower() == "summary.csv" or (name != base and name.lower() in natural):
+            n += 1
+            name = f"{base}_{n}"
+        taken.add(name.lower())
+        out.append(name)
     return out

@@ -8,12 +8,17 @@
    right -> left, rows anterior -> posterior and slices inferior -> superior. Each input axis goes to
    the LPS axis its direction is closest to, so an oblique scan keeps its obliquity (the canonical
    grid is the input grid, relabelled).
+   **Brain extraction** (``"brain_extraction": true``, the brain bundles): the brain is found in the
+   CT itself (:mod:`ACATCore.brain_extraction`); slices are then sampled between its first and last
+   slice, each slice is cropped around it (:func:`brain_box`: the model input's aspect ratio in mm,
+   a small margin, centred on the brain) and everything outside it takes the window's lower value.
+   Skull, scalp, holder and the scan's coverage and field of view no longer reach the model.
 2. **Slice sampling**: S slices, evenly spaced and centred: slice ``s`` sits at the continuous
    position ``(s + 0.5 + o) * K / S - 0.5`` of the K canonical slices, rounded, with ``o = offset`` for
    ``offset < 0.5`` and ``offset - 1`` otherwise. ``offset = 0`` is the centred grid; the offsets of
    :func:`coverage_offsets` together see every slice. With fewer than S slices, slices repeat (warned).
 3. **Window** ``[lo, hi]`` HU -> [0, 1] (clipped).
-4. **Resize** each slice to ``size`` = (H, W), bilinear (antialiased when shrinking), pixel-centre
+4. **Resize** each slice (or its crop) to ``size`` = (H, W), bilinear (antialiased when shrinking), pixel-centre
    aligned (``align_corners=False``).
 5. **Midline** (brain): ``"center"`` takes the image centre as the mid-sagittal line; ``"symmetry"``
    finds the column about which the sampled slices are most mirror-symmetric (flip correlation) and
@@ -39,6 +44,7 @@ from .errors import ConfigError, InputError
 from .volume import Volume
 
 ORIENTATIONS = ("LPS-axial",)
+BOX_MARGIN = 0.06        # brain extraction: crop margin on each side, as a fraction of the brain's extent
 MIDLINES = ("center", "symmetry", None)
 
 
@@ -143,7 +149,11 @@ def check_spec(spec: dict) -> dict:
         raise ConfigError(f"orientation {orientation!r} unknown; use one of {ORIENTATIONS}")
     if midline not in MIDLINES:
         raise ConfigError(f"midline {midline!r} unknown; use 'center', 'symmetry' or null")
-    return {"window": [lo, hi], "slices": S, "size": [H, W], "orientation": orientation, "midline": midline}
+    extraction = spec.get("brain_extraction", False)
+    if not isinstance(extraction, bool):
+        raise ConfigError(f"brain_extraction must be true or false, not {extraction!r}")
+    return {"window": [lo, hi], "slices": S, "size": [H, W], "orientation": orientation, "midline": midline,
+            "brain_extraction": extraction}
 
 
 def window(array, lo: float, hi: float) -> np.ndarray:
@@ -155,6 +165,38 @@ def _resize(stack: np.ndarray, size, antialias: bool) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
     out = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False, antialias=antialias)
     return out[:, 0].numpy()
+
+
+def _crop(stack: np.ndarray, box, fill: float) -> np.ndarray:
+    """Rows j0:j1 and columns i0:i1 of every slice of ``stack`` (S, J, I); outside the array: ``fill``."""
+    j0, j1, i0, i1 = box
+    S, J, I = stack.shape
+    out = np.full((S, j1 - j0, i1 - i0), fill, dtype=np.float32)
+    sj, si = slice(max(j0, 0), min(j1, J)), slice(max(i0, 0), min(i1, I))
+    out[:, sj.start - j0:sj.stop - j0, si.start - i0:si.stop - i0] = stack[:, sj, si]
+    return out
+
+
+def _paste(stack: np.ndarray, box, shape) -> np.ndarray:
+    """Inverse of :func:`_crop`: (S, j1-j0, i1-i0) placed on a zero (S, J, I) canvas."""
+    j0, j1, i0, i1 = box
+    J, I = shape
+    out = np.zeros((stack.shape[0], J, I), dtype=np.float32)
+    sj, si = slice(max(j0, 0), min(j1, J)), slice(max(i0, 0), min(i1, I))
+    out[:, sj, si] = stack[:, sj.start - j0:sj.stop - j0, si.start - i0:si.stop - i0]
+    return out
+
+
+def brain_box(brain, spacing, size, margin: float = BOX_MARGIN) -> tuple:
+    """In-plane crop (j0, j1, i0, i1) around the brain, with the model input's aspect ratio in mm and a
+    ``margin`` on each side, centred on the brain's bounding box (so the midline lies near the centre)."""
+    (j0, j1, i0, i1), (cj, ci) = brain.box, brain.centre
+    sx, sy = float(spacing[0]), float(spacing[1])
+    H, W = size
+    height_mm = max((j1 - j0 + 1) * sy, (i1 - i0 + 1) * sx * H / W) * (1 + 2 * margin)
+    rows, cols = int(round(height_mm / sy)), int(round(height_mm * W / H / sx))
+    top, left = int(round(cj - (rows - 1) / 2)), int(round(ci - (cols - 1) / 2))
+    return top, top + rows, left, left + cols
 
 
 def _shift_columns(stack: np.ndarray, shift: int) -> np.ndarray:
@@ -209,6 +251,13 @@ class Prepared:
     offset: float = 0.0
     midline: dict = field(default_factory=dict)   # {"method", "column", "shift_px"}
     warnings: list = field(default_factory=list)
+    box: tuple = None                 # canonical in-plane crop (j0, j1, i0, i1) resized to the model size
+    brain: object = None              # BrainMask (canonical) when the spec asks for brain extraction
+
+    def __post_init__(self):
+        if self.box is None:
+            K, J, I = self.canonical.array.shape
+            self.box = (0, J, 0, I)
 
     @property
     def slice_axis(self) -> int:
@@ -222,11 +271,11 @@ class Prepared:
     # model grid -> canonical continuous index
     def model_to_canonical(self, s, h, w) -> np.ndarray:
         """Continuous canonical (i, j, k) of model pixel (s, h, w) (arrays broadcast)."""
-        K, J, I = self.canonical.array.shape
+        j0, j1, i0, i1 = self.box
         H, W = self.spec["size"]
         shift = self.midline.get("shift_px", 0)
-        j = (np.asarray(h, dtype=float) + 0.5) * J / H - 0.5
-        i = (np.asarray(w, dtype=float) - shift + 0.5) * I / W - 0.5
+        j = j0 + (np.asarray(h, dtype=float) + 0.5) * (j1 - j0) / H - 0.5
+        i = i0 + (np.asarray(w, dtype=float) - shift + 0.5) * (i1 - i0) / W - 0.5
         k = self.canonical_indices[np.asarray(s)].astype(float)
         return np.stack(np.broadcast_arrays(i, j, k), axis=-1)
 
@@ -245,8 +294,9 @@ class Prepared:
         if m.shape != (S, H, W):
             raise ValueError(f"map of shape {m.shape}; expected (S, H, W) = {(S, H, W)}")
         K, J, I = self.canonical.array.shape
+        j0, j1, i0, i1 = self.box
         m = _shift_columns(m, -self.midline.get("shift_px", 0))
-        m = _resize(m, (J, I), antialias=False)
+        m = _paste(_resize(m, (j1 - j0, i1 - i0), antialias=False), self.box, (J, I))
         out = np.empty((K, J, I), dtype=np.float32)
         positions = self.canonical_indices.astype(float)
         for k in range(K):
@@ -269,7 +319,7 @@ class Prepared:
         flips = [a for a in range(3) if self.flip[a]]
         if flips:
             array = np.flip(array, axis=flips)
-        stack = np.asarray(array[self.canonical_indices], dtype=np.float32)
+        stack = _crop(np.asarray(array[self.canonical_indices], dtype=np.float32), self.box, 0.0)
         t = torch.from_numpy(np.ascontiguousarray(stack))[:, None]
         if mode == "nearest":
             out = F.interpolate(t, size=tuple(self.spec["size"]), mode="nearest-exact")
@@ -278,24 +328,42 @@ class Prepared:
         return _shift_columns(out[:, 0].numpy(), self.midline.get("shift_px", 0))
 
 
-def prepare(volume: Volume, spec: dict, offset: float = 0.0) -> Prepared:
-    """Prepare ``volume`` (HU) for a model as its card's ``spec`` says (see the module docstring)."""
+def prepare(volume: Volume, spec: dict, offset: float = 0.0, brain=None) -> Prepared:
+    """Prepare ``volume`` (HU) for a model as its card's ``spec`` says (see the module docstring).
+
+    With ``"brain_extraction": true`` the brain is found (:mod:`ACATCore.brain_extraction`; pass
+    ``brain``, a :class:`~ACATCore.brain_extraction.BrainMask` of the canonical volume, to reuse one):
+    the slices are sampled between the brain's first and last slice, each slice is cropped around the
+    brain (:func:`brain_box`) and everything outside the brain gets the window's lower value.
+    """
     spec = check_spec(spec)
     if np.asarray(volume.array).ndim != 3:
         raise InputError(f"the image is {np.asarray(volume.array).ndim}-D; ACAT needs a 3-D CT volume")
     S = spec["slices"]
     H, W = spec["size"]
+    lo, hi = spec["window"]
     notes = []
     perm, flip = canonical_axes(volume.direction)
     canonical = to_canonical(volume)
     K, J, I = canonical.array.shape
-    if K < S:
-        message = f"the volume has {K} slices, fewer than the model's {S}: some slices are used twice"
+    first, count, box = 0, K, (0, J, 0, I)
+    if spec["brain_extraction"]:
+        if brain is None:
+            from .brain_extraction import extract_brain
+            brain = extract_brain(canonical.array, canonical.spacing)
+        first, count = brain.slices[0], brain.slices[1] - brain.slices[0] + 1
+        box = brain_box(brain, canonical.spacing, (H, W))
+    if count < S:
+        message = (f"the {'brain spans' if spec['brain_extraction'] else 'volume has'} {count} slices, fewer "
+                   f"than the model's {S}: some slices are used twice")
         notes.append(message)
         warnings.warn(message, stacklevel=2)
-    ks = sample_slices(K, S, offset)
-    stack = window(canonical.array[ks], *spec["window"])
-    stack = _resize(stack, (H, W), antialias=(H < J or W < I))
+    ks = first + sample_slices(count, S, offset)
+    stack = canonical.array[ks]
+    if brain is not None:
+        stack = np.where(brain.mask[ks], stack, lo)
+    stack = _crop(window(stack, lo, hi), box, 0.0)
+    stack = _resize(stack, (H, W), antialias=(H < box[1] - box[0] or W < box[3] - box[2]))
     midline = {"method": spec["midline"], "column": (W - 1) / 2.0, "shift_px": 0}
     if spec["midline"] == "symmetry":
         column = estimate_midline(stack)
@@ -306,4 +374,4 @@ def prepare(volume: Volume, spec: dict, offset: float = 0.0) -> Prepared:
     tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
     return Prepared(tensor=tensor, slice_indices=np.asarray(slice_indices, dtype=np.int64), input=volume,
                     canonical=canonical, canonical_indices=ks, perm=perm, flip=flip, spec=spec,
-                    offset=float(offset), midline=midline, warnings=notes)
+                    offset=float(offset), midline=midline, warnings=notes, box=box, brain=brain)

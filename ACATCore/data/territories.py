@@ -83,42 +83,15 @@ def territory_at(labels: np.ndarray, index_kji) -> str | None:
     return TERRITORIES[value - 1] if value > 0 else None
 
 
-def brain_mask(hu: np.ndarray, low: float = -5.0, high: float = 90.0) -> np.ndarray:
-    """A rough brain mask of a head CT array ``[k, j, i]`` in HU (no registration needed).
-
-    Voxels in [low, high] HU, opened in-plane to cut thin bridges; in every slice the soft-tissue
-    regions that touch air (scalp, face, neck) are dropped, which leaves what the skull encloses;
-    the largest 3-D connected part of that is kept and its holes filled slice by slice. Good enough
-    to place the territory boxes; not a segmentation.
-    """
-    from scipy import ndimage as ndi
-    hu = np.asarray(hu)
-    in_plane = np.zeros((3, 3, 3), bool)
-    in_plane[1] = True
-    soft = ndi.binary_opening((hu >= low) & (hu <= high), structure=np.ones((1, 5, 5), bool))
-    regions, count = ndi.label(soft, structure=in_plane)          # 2-D regions, slice by slice
-    if count == 0:
-        return soft
-    near_air = ndi.binary_dilation(hu < -200, structure=in_plane, iterations=2)
-    outer = np.zeros(count + 1, bool)
-    outer[np.unique(regions[near_air & (regions > 0)])] = True
-    enclosed = soft & ~outer[regions]
-    labels, count = ndi.label(enclosed)
-    if count == 0:
-        return enclosed
-    mask = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
-    for k in range(mask.shape[0]):
-        mask[k] = ndi.binary_fill_holes(mask[k])
-    return mask
-
-
 def territory_volume(volume):
     """The six territories (uint8 labels, see module docstring) of a head CT Volume, on its own grid.
 
-    The volume is relabelled to LPS-axial, a rough :func:`brain_mask` is taken, the territory boxes
-    are placed on it and the labels are mapped back onto the input grid.
+    The volume is relabelled to LPS-axial, its brain extracted (:mod:`ACATCore.brain_extraction`), the
+    territory boxes are placed on it and the labels are mapped back onto the input grid.
     """
+    from ..brain_extraction import extract_brain
     from ..preprocessing import canonical_axes, from_canonical, to_canonical
     perm, flip = canonical_axes(volume.direction)
-    labels = territory_map(brain_mask(to_canonical(volume).array))
+    canonical = to_canonical(volume)
+    labels = territory_map(extract_brain(canonical.array, canonical.spacing, check=False).mask)
     return volume.with_array(from_canonical(labels, perm, flip), kind="territories")

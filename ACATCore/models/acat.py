@@ -34,8 +34,9 @@ class ACAT(SliceClassifier):
                  layers=None, num_classes: int | None = None, dropout: float = 0.0,
                  attention_pool: str = "max", attention_batchnorm: bool = False, fused_sigmoid: bool = True,
                  slice_attention: str = "shared", num_slices: int | None = None, slice_hidden: int = 64,
-                 slice_dropout: float = 0.1, normalise_slice_weights: bool = True):
-        super().__init__(backbone, num_classes=num_classes, dropout=dropout)
+                 slice_dropout: float = 0.1, normalise_slice_weights: bool = True, pooling: str = "mean",
+                 topk: int = 8):
+        super().__init__(backbone, num_classes=num_classes, dropout=dropout, pooling=pooling, topk=topk)
         self.model_name = f"acat_{backbone}"
         opts = resolve_backbone(backbone, widths=widths, pool_layers=pool_layers,
                                 block_inplanes=block_inplanes, layers=layers)

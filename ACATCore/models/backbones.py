@@ -112,9 +112,13 @@ class SliceClassifier(nn.Module):
     in_channels = 1  # channels the trunk reads
 
     def __init__(self, backbone: str, num_classes: int | None = None, dropout: float = 0.0,
-                 hemispheres: bool | None = None):
+                 hemispheres: bool | None = None, pooling: str = "mean", topk: int = 8):
         super().__init__()
         check_choice("backbone", backbone, ("brain", "lung"))
+        check_choice("pooling", pooling, common.POOLINGS)
+        if int(topk) < 1:
+            raise ConfigError(f"topk must be >= 1, got {topk}")
+        self.pooling, self.topk = pooling, int(topk)
         self.backbone = backbone
         self.task = backbone
         self.hemispheres = (backbone == "brain") if hemispheres is None else hemispheres
@@ -147,6 +151,8 @@ class SliceClassifier(nn.Module):
         if self.backbone == "lung":
             cfg["num_classes"] = self.num_classes
         cfg["dropout"] = self.dropout
+        if self.pooling != "mean":      # cards of mean-pooled (paper) models stay as they were
+            cfg["pooling"], cfg["topk"] = self.pooling, self.topk
         return cfg
 
     def _make_heads(self, features: int) -> None:
@@ -192,9 +198,12 @@ class SliceClassifier(nn.Module):
         return f, {}
 
     def _aggregate(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Slice features (B, S, ...) -> (pooled (B, ...), weights (B, S)); the baselines average."""
+        """Slice features (B, S, ...) -> (pooled (B, ...), weights (B, S)); the baselines average
+        (``pooling="mean"``) or take each feature's largest value over the slices (``"topk"``)."""
         b, s = feats.shape[:2]
         weights = feats.new_full((b, s), 1.0 / s)
+        if self.pooling == "topk":
+            return feats.amax(dim=1), weights
         return feats.mean(dim=1), weights
 
     def _encode(self, x: torch.Tensor, saliency: torch.Tensor | None = None):
@@ -204,10 +213,10 @@ class SliceClassifier(nn.Module):
         fmap, extras = self._trunk_forward(self._to_trunk_input(x), sal)
         merged = self.merge(fmap)  # cam_layer output, (B*S, C, h, w)
         if self.hemispheres:
-            right, left = common.hemisphere_features(merged)
+            right, left = common.hemisphere_features(merged, self.pooling, self.topk)
             feats = unfold(torch.stack([right, left], dim=1), b)  # (B, S, 2, C)
         else:
-            feats = unfold(merged.mean(dim=(-2, -1)), b)  # (B, S, C)
+            feats = unfold(common.spatial_pool(merged, self.pooling, self.topk), b)  # (B, S, C)
         pooled, weights = self._aggregate(feats)
         extras["slice_weights"] = weights
         return pooled, extras
@@ -263,8 +272,8 @@ class BrainMTL(SliceClassifier):
 
     model_name = "brain_mtl"
 
-    def __init__(self, widths=None, pool_layers=None, dropout: float = 0.0):
-        super().__init__("brain", dropout=dropout)
+    def __init__(self, widths=None, pool_layers=None, dropout: float = 0.0, pooling: str = "mean", topk: int = 8):
+        super().__init__("brain", dropout=dropout, pooling=pooling, topk=topk)
         self._build_trunk(resolve_backbone("brain", widths=widths, pool_layers=pool_layers))
         self.config = self._base_config()
 

@@ -111,10 +111,22 @@ class HemisphereMerge(nn.Module):
         return merge_hemispheres(t)
 
 
-def hemisphere_features(merged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global average pool of each half of a merged map (N, C, h, 2w) -> (right (N, C), left (N, C))."""
+POOLINGS = ("mean", "topk")
+
+
+def spatial_pool(fmap: torch.Tensor, pooling: str = "mean", topk: int = 8) -> torch.Tensor:
+    """(N, C, h, w) -> (N, C): the global average (``"mean"``, the paper) or the mean of each channel's
+    ``topk`` largest values (``"topk"``: local evidence, a lesion a few cells wide is not averaged away)."""
+    if pooling == "mean":
+        return fmap.mean(dim=(-2, -1))
+    flat = fmap.flatten(-2)
+    return flat.topk(min(int(topk), flat.shape[-1]), dim=-1).values.mean(dim=-1)
+
+
+def hemisphere_features(merged: torch.Tensor, pooling: str = "mean", topk: int = 8):
+    """Pool each half of a merged map (N, C, h, 2w) -> (right (N, C), left (N, C)); see :func:`spatial_pool`."""
     w = merged.shape[-1] // 2
-    return merged[..., :w].mean(dim=(-2, -1)), merged[..., w:].mean(dim=(-2, -1))
+    return spatial_pool(merged[..., :w], pooling, topk), spatial_pool(merged[..., w:], pooling, topk)
 
 
 # --------------------------------------------------------------------------------------------------
