@@ -1,7 +1,10 @@
-"""ACATLib (the Slicer module's MRML layer) on a real vtkMRMLScene from the PyPI package slicer-core.
+"""ACATLib (everything under the Slicer module's widget) on a real vtkMRMLScene from the PyPI package
+slicer-core.
 
 slicer-core is a declared test dependency: if it cannot be imported these tests fail (they never skip).
-AnalysisResult objects are built by hand, so these tests do not depend on trained models.
+AnalysisResult objects are built by hand, so these tests do not depend on trained models. Saved
+scenes, dependencies and cancel have their own files (test_slicer_scene.py, test_slicer_dependencies.py,
+test_slicer_cancel.py).
 """
 import json
 import subprocess
@@ -30,8 +33,10 @@ import ACATLib  # noqa: E402
 from ACATCore.errors import InputError  # noqa: E402
 from ACATCore.result import ATTENTION_NAMES, AnalysisResult  # noqa: E402
 from ACATCore.volume import Volume  # noqa: E402
-from ACATLib import dependencies, engine, export, results, transfer  # noqa: E402
+from ACATLib import analysis, display, engine, export, results, transfer  # noqa: E402
 from ACATLib.runner import BackgroundAnalysis, default_sys_path  # noqa: E402
+
+ALL = ACATLib.OUTPUT_GROUPS
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -140,7 +145,7 @@ def test_result_nodes_carry_the_input_geometry(scene, oblique):
     ct = ACATLib.node_from_volume(scene, volume, "CT")
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
     ct.SetAndObserveTransformNodeID(transform.GetID())
-    nodes = ACATLib.result_to_nodes(scene, make_result(volume), ct)
+    nodes = ACATLib.result_to_nodes(scene, make_result(volume), ct, outputs=ALL)
     expected = ijk_to_ras(ct)
     kinds = ["saliency"] + [f"attention:{n}" for n in ATTENTION_NAMES] + \
         ["difference:no lesion", "difference:lesion", "counterfactual:no lesion", "counterfactual:lesion"]
@@ -153,19 +158,62 @@ def test_result_nodes_carry_the_input_geometry(scene, oblique):
     assert nodes.peak_point.GetTransformNodeID() == transform.GetID()
 
 
-def test_result_arrays_equal_the_result(scene):
+def test_result_arrays_are_compact_and_equal_the_result(scene):
+    """Maps are uint8 over their range (within half a step of the map), scans and differences int16 HU."""
     volume = make_volume()
     ct = ACATLib.node_from_volume(scene, volume, "CT")
     result = make_result(volume)
-    nodes = ACATLib.result_to_nodes(scene, result, ct)
-    np.testing.assert_array_equal(ACATLib.volume_from_node(nodes.saliency).array, result.saliency.array)
-    for name in ATTENTION_NAMES:
-        np.testing.assert_array_equal(ACATLib.volume_from_node(nodes.volumes[f"attention:{name}"]).array,
-                                      result.attention[name].array)
-    cf = ACATLib.volume_from_node(nodes.volumes["counterfactual:lesion"]).array
-    np.testing.assert_array_equal(cf, result.counterfactuals["lesion"].array)
-    diff = ACATLib.volume_from_node(nodes.volumes["difference:lesion"]).array
-    np.testing.assert_allclose(diff, result.counterfactuals["lesion"].array - volume.array, atol=1e-4)
+    nodes = ACATLib.result_to_nodes(scene, result, ct, outputs=ALL)
+    maps = {"saliency": result.saliency.array, **{f"attention:{n}": result.attention[n].array for n in ATTENTION_NAMES}}
+    for kind, expected in maps.items():
+        node = nodes.volumes[kind]
+        assert node.GetImageData().GetScalarType() == vtk.VTK_UNSIGNED_CHAR, kind
+        lo, hi = (0.0, 1.0) if expected.min() >= 0 and expected.max() <= 1 else (expected.min(), expected.max())
+        np.testing.assert_allclose(ACATLib.map_values(node), expected, atol=(hi - lo) / 255 / 2 + 1e-6, err_msg=kind)
+    for cls in ("no lesion", "lesion"):
+        cf = nodes.volumes[f"counterfactual:{cls}"]
+        assert cf.GetImageData().GetScalarType() == vtk.VTK_SHORT
+        np.testing.assert_array_equal(ACATLib.volume_from_node(cf).array, np.rint(result.counterfactuals[cls].array))
+        diff = ACATLib.volume_from_node(nodes.volumes[f"difference:{cls}"]).array
+        np.testing.assert_array_equal(diff, np.rint(result.counterfactuals[cls].array - volume.array))
+
+
+def test_only_the_chosen_outputs_are_loaded(scene):
+    volume = make_volume()
+    ct = ACATLib.node_from_volume(scene, volume, "CT")
+    nodes = ACATLib.result_to_nodes(scene, make_result(volume), ct)           # the defaults
+    assert ACATLib.DEFAULT_OUTPUTS == ("saliency", "fused attention")
+    assert nodes.overlay_kinds() == ["saliency", "attention:fused"]
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 3      # CT + 2 maps
+    nodes = ACATLib.result_to_nodes(scene, make_result(volume), ct, outputs=("differences",))
+    assert nodes.overlay_kinds() == ["difference:no lesion", "difference:lesion"]
+    assert nodes.probability_table is not None and nodes.peak_point is not None
+    with pytest.raises(ValueError, match="unknown ACAT output"):
+        ACATLib.result_to_nodes(scene, make_result(volume), ct, outputs=("everything",))
+
+
+def test_rerun_on_the_same_input_replaces_its_result_nodes(scene):
+    volume = make_volume()
+    ct = ACATLib.node_from_volume(scene, volume, "CT")
+    other = ACATLib.node_from_volume(scene, make_volume(seed=3), "CT 2")
+    kept = ACATLib.result_to_nodes(scene, make_result(volume), other)
+    counts = None
+    for _ in range(3):
+        nodes = ACATLib.result_to_nodes(scene, make_result(volume), ct, outputs=ALL)
+        now = {cls: scene.GetNumberOfNodesByClass(cls) for cls in
+               ("vtkMRMLScalarVolumeNode", "vtkMRMLScalarVolumeDisplayNode", "vtkMRMLTableNode",
+                "vtkMRMLPlotChartNode", "vtkMRMLPlotSeriesNode", "vtkMRMLMarkupsFiducialNode")}
+        assert counts is None or now == counts
+        counts = now
+    assert counts["vtkMRMLScalarVolumeNode"] == 2 + 2 + 9     # two CTs, the other's 2 maps, 9 maps
+    sh = scene.GetSubjectHierarchyNode()
+    ids = vtk.vtkIdList()
+    sh.GetItemChildren(sh.GetSceneItemID(), ids, True)
+    folders = [ids.GetId(i) for i in range(ids.GetNumberOfIds()) if sh.GetItemName(ids.GetId(i)).startswith("ACAT CT (")]
+    assert len(folders) == 1                                   # the empty folders went too
+    assert all(scene.IsNodePresent(n) for n in kept.all_nodes()), "another input's results stay"
+    assert ACATLib.remove_results(scene, ct) == len(nodes.all_nodes())
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 4
 
 
 def test_colour_maps_and_display_ranges(scene):
@@ -175,26 +223,33 @@ def test_colour_maps_and_display_ranges(scene):
     d.SetAutoWindowLevel(0)
     d.SetWindowLevel(80, 40)  # a brain window set by the user
     result = make_result(volume)
-    nodes = ACATLib.result_to_nodes(scene, result, ct, threshold_percentile=90)
+    nodes = ACATLib.result_to_nodes(scene, result, ct, threshold_percentile=90, outputs=ALL)
+    # colour node IDs as Slicer's own colour logic names its colour tables
+    inferno = slicer.vtkMRMLColorLogic.GetFileColorNodeID("Inferno.txt")
+    cold_to_hot = slicer.vtkMRMLColorLogic.GetFileColorNodeID("ColdToHotRainbow.txt")
+    grey = slicer.vtkMRMLColorLogic.GetColorTableNodeID(slicer.vtkMRMLColorTableNode.Grey)
     for kind in ["saliency", "attention:early", "attention:middle", "attention:late"]:
-        disp = nodes.volumes[kind].GetDisplayNode()
-        assert disp.GetColorNodeID() == ACATLib.COLOR_PERCEPTUAL == "vtkMRMLColorTableNodeFileInferno.txt"
+        node = nodes.volumes[kind]
+        disp = node.GetDisplayNode()
+        assert disp.GetColorNodeID() == inferno
         assert not disp.GetAutoWindowLevel()
-        assert (disp.GetWindowLevelMin(), disp.GetWindowLevelMax()) == pytest.approx((0.0, 1.0))
+        assert (disp.GetWindowLevelMin(), disp.GetWindowLevelMax()) == pytest.approx((0.0, 255.0))
+        assert float(node.GetAttribute(results.SCALE_ATTRIBUTE)) == pytest.approx(1 / 255)   # window [0, 1]
         assert disp.GetApplyThreshold()
         values = np.asarray(result.saliency.array if kind == "saliency" else
                             result.attention[kind.split(":")[1]].array)
-        assert disp.GetLowerThreshold() == pytest.approx(np.percentile(values, 90), abs=1e-6)
-    fused = nodes.volumes["attention:fused"].GetDisplayNode()
+        assert disp.GetLowerThreshold() == pytest.approx(np.percentile(values, 90) * 255, abs=1e-3)
+    fused = nodes.volumes["attention:fused"]
     arr = result.attention["fused"].array
-    assert (fused.GetWindowLevelMin(), fused.GetWindowLevelMax()) == pytest.approx((arr.min(), arr.max()), abs=1e-5)
+    assert float(fused.GetAttribute(results.OFFSET_ATTRIBUTE)) == pytest.approx(arr.min(), abs=1e-6)
+    assert float(fused.GetAttribute(results.SCALE_ATTRIBUTE)) * 255 == pytest.approx(arr.max() - arr.min(), abs=1e-5)
     for cls in ("no lesion", "lesion"):
         diff = nodes.volumes[f"difference:{cls}"].GetDisplayNode()
-        assert diff.GetColorNodeID() == ACATLib.COLOR_DIVERGING == "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
+        assert diff.GetColorNodeID() == cold_to_hot
         assert diff.GetWindowLevelMin() == pytest.approx(-diff.GetWindowLevelMax())
         assert diff.GetWindowLevelMax() > 0 and not diff.GetApplyThreshold()
         cf = nodes.volumes[f"counterfactual:{cls}"].GetDisplayNode()
-        assert cf.GetColorNodeID() == ACATLib.COLOR_GREY
+        assert cf.GetColorNodeID() == grey
         assert (cf.GetWindow(), cf.GetLevel()) == pytest.approx((80, 40))
     # threshold control: 0 disables it, signed maps are never thresholded
     sal = nodes.saliency
@@ -202,7 +257,8 @@ def test_colour_maps_and_display_ranges(scene):
     assert not sal.GetDisplayNode().GetApplyThreshold()
     ACATLib.set_overlay_threshold(sal, 99)
     assert sal.GetDisplayNode().GetApplyThreshold()
-    assert sal.GetDisplayNode().GetLowerThreshold() == pytest.approx(np.percentile(result.saliency.array, 99), abs=1e-6)
+    assert sal.GetDisplayNode().GetLowerThreshold() == pytest.approx(np.percentile(result.saliency.array, 99) * 255,
+                                                                     abs=1e-3)
     ACATLib.set_overlay_threshold(nodes.volumes["difference:lesion"], 95)
     assert not nodes.volumes["difference:lesion"].GetDisplayNode().GetApplyThreshold()
 
@@ -210,7 +266,7 @@ def test_colour_maps_and_display_ranges(scene):
 def test_layers_for_each_overlay(scene):
     volume = make_volume()
     ct = ACATLib.node_from_volume(scene, volume, "CT")
-    nodes = ACATLib.result_to_nodes(scene, make_result(volume), ct)
+    nodes = ACATLib.result_to_nodes(scene, make_result(volume), ct, outputs=ALL)
     assert nodes.layers("saliency") == (ct, nodes.saliency)
     assert nodes.layers("difference:lesion") == (ct, nodes.volumes["difference:lesion"])
     assert nodes.layers("counterfactual:lesion") == (nodes.volumes["counterfactual:lesion"], None)
@@ -294,7 +350,7 @@ def test_maps_off_the_input_grid_are_refused(scene):
     result = make_result(volume)
     result.attention["early"] = Volume(result.attention["early"].array, spacing=(1, 1, 1))
     with pytest.raises(ValueError, match="geometry"):
-        ACATLib.result_to_nodes(scene, result, ct)
+        ACATLib.result_to_nodes(scene, result, ct, outputs=ALL)
 
 
 # ------------------------------------------------------------------------------------------- export
@@ -303,13 +359,14 @@ def test_export_writes_every_output(scene, tmp_path):
     volume = make_volume()
     ct = ACATLib.node_from_volume(scene, volume, "CT")
     result = make_result(volume)
-    nodes = ACATLib.result_to_nodes(scene, result, ct)
+    nodes = ACATLib.result_to_nodes(scene, result, ct, outputs=ALL)
     written = export.export_result_nodes(scene, nodes, tmp_path / "out")
     names = {p.name for p in written}
     assert {"saliency.nrrd", "attention_fused.nrrd", "difference_lesion.nrrd", "counterfactual_no_lesion.nrrd",
             "probabilities.csv", "slice_weights.csv", "peak.mrk.json", "summary.json"} <= names
     image = sitk.ReadImage(str(tmp_path / "out" / "saliency.nrrd"))
-    np.testing.assert_allclose(sitk.GetArrayFromImage(image), result.saliency.array, atol=1e-6)
+    assert image.GetPixelID() == sitk.sitkFloat32        # the 8-bit display map, written as values
+    np.testing.assert_allclose(sitk.GetArrayFromImage(image), result.saliency.array, atol=0.5 / 255 + 1e-6)
     np.testing.assert_allclose(image.GetOrigin(), volume.origin, atol=1e-6)
     np.testing.assert_allclose(image.GetSpacing(), volume.spacing, atol=1e-9)
     np.testing.assert_allclose(np.array(image.GetDirection()).reshape(3, 3), volume.direction, atol=1e-6)
@@ -339,35 +396,35 @@ def test_transfer_round_trip(tmp_path):
     assert again.peak_index == result.peak_index and again.model_card == result.model_card
     with pytest.raises(ValueError, match="input"):
         transfer.load_result(tmp_path / "r.npz")
+    transfer.save_result(result, tmp_path / "small.npz", outputs=ACATLib.DEFAULT_OUTPUTS)
+    small = transfer.load_result(tmp_path / "small.npz", input_volume=volume)
+    assert list(small.attention) == ["fused"] and small.counterfactuals == {} and small.saliency is not None
+    assert (tmp_path / "small.npz").stat().st_size < (tmp_path / "r.npz").stat().st_size / 3
 
 
-def test_engine_kwargs_follow_the_signature():
+def test_engine_is_called_with_analyze_arguments(monkeypatch, tmp_path):
+    calls = []
+
     def analyze(volume_or_path, model="brain", coverage="full", steps=20, alpha=100.0, device="auto",
-                progress=None, cancel=None):
-        pass
-    opts = {"model": "lung", "device": "cpu", "steps": 3, "alpha": 5.0, "coverage": "sampled"}
-    kwargs, ignored = engine.engine_kwargs(analyze, opts, progress=print)
-    assert kwargs == {**opts, "progress": print} and ignored == []
+                progress=None):
+        calls.append(dict(model=model, coverage=coverage, steps=steps, alpha=alpha, device=device))
+        progress("counterfactuals", 0.5)
+        progress("done", 1.5)
+        return "result"
 
-    def other(volume, model, counterfactual_steps=1):
-        pass
-    kwargs, ignored = engine.engine_kwargs(other, opts)
-    assert kwargs == {"model": "lung", "counterfactual_steps": 3}
-    assert sorted(ignored) == ["alpha", "coverage", "device"]
-    with pytest.raises(ValueError, match="device"):
-        engine.engine_kwargs(analyze, {"device": "gpu"})
-
-
-def test_progress_adapter_accepts_common_shapes():
+    monkeypatch.setattr(engine, "load_engine", lambda spec: analyze)
     seen = []
-    cb = engine.progress_adapter(lambda f, s: seen.append((f, s)))
-    cb("counterfactuals", 0.5)          # ACATCore.pipeline: (stage, fraction)
-    cb(0.25, "read")
-    cb(3, 4, "x")
-    cb(stage="done", fraction=1.0)
-    cb("only a stage")
-    assert seen == [(0.5, engine.STAGE_LABELS["counterfactuals"]), (0.25, engine.STAGE_LABELS["read"]),
-                    (0.75, "x"), (1.0, engine.STAGE_LABELS["done"]), (None, "only a stage")]
+    assert engine.run_engine("vol", {"model": "lung", "device": "cpu", "steps": "3", "alpha": 5},
+                             report=lambda f, s: seen.append((f, s))) == "result"
+    assert calls == [dict(model="lung", coverage="full", steps=3, alpha=5.0, device="cpu")]
+    assert seen == [(0.5, engine.STAGE_LABELS["counterfactuals"]), (1.0, engine.STAGE_LABELS["done"])]
+    with pytest.raises(ValueError, match="device"):
+        engine.check_options({"device": "gpu"})
+    with pytest.raises(ValueError, match="unknown ACAT option"):
+        engine.check_options({"counterfactual_steps": 3})
+    monkeypatch.undo()
+    import ACATCore
+    assert engine.load_engine() is ACATCore.analyze
 
 
 # ------------------------------------------------------------------------------- background runner
@@ -410,7 +467,7 @@ def fake_engine(tmp_path):
 def test_background_run_returns_the_result(fake_engine):
     volume = make_volume(shape=(4, 5, 6))
     job = BackgroundAnalysis(volume, {"model": "demo", "device": "cpu", "steps": 7, "alpha": 3.0,
-                                      "coverage": "sampled"}, **fake_engine).start()
+                                      "coverage": "sampled"}, outputs=ALL, **fake_engine).start()
     events = []
     result = job.wait(timeout=60, on_progress=events.append)
     assert job.state == "done" and not job.work_dir.exists()
@@ -421,10 +478,19 @@ def test_background_run_returns_the_result(fake_engine):
     fractions = [e.fraction for e in events if e.fraction is not None]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] >= 0.98
     assert engine.STAGE_LABELS["counterfactuals"] in [e.stage for e in events]
+    assert list(result.counterfactuals) == ["a"]
     scene = make_scene()
     ct = ACATLib.node_from_volume(scene, volume, "CT")
-    nodes = ACATLib.result_to_nodes(scene, result, ct)
-    assert nodes.predicted_class == "b"
+    nodes = analysis.finish_background(scene, job, ct)
+    assert nodes.predicted_class == "b" and "counterfactual:a" in nodes.volumes
+
+
+def test_background_run_brings_back_only_the_default_outputs(fake_engine):
+    volume = make_volume(shape=(4, 5, 6))
+    job = BackgroundAnalysis(volume, {"model": "demo"}, **fake_engine).start()
+    result = job.wait(timeout=60)
+    assert job.outputs == list(ACATLib.DEFAULT_OUTPUTS)
+    assert result.counterfactuals == {} and list(result.attention) == ["fused"]
 
 
 @pytest.mark.parametrize("model,message", [("bad", "this is not a CT volume; load a CT"),
@@ -439,133 +505,49 @@ def test_background_run_reports_errors(fake_engine, model, message):
         job.result
 
 
-def test_background_run_cancels_promptly(fake_engine):
-    job = BackgroundAnalysis(make_volume(shape=(4, 5, 6)), {"model": "slow"}, **fake_engine).start()
-    deadline = time.time() + 30
-    while job.stage != engine.STAGE_LABELS["read"] and time.time() < deadline:  # inside the engine
-        job.poll()
-        time.sleep(0.05)
-    started = time.time()
-    job.cancel()
-    assert time.time() - started < 6
-    assert job.state == "cancelled" and job.process.poll() is not None and not job.work_dir.exists()
-    assert job.poll() == [] and job.state == "cancelled"
-
-
 # ---------------------------------------------------------------------------------- dependencies
 def test_acatlib_import_does_not_import_torch():
     code = ("import sys; sys.path.insert(0, %r); import ACATLib, ACATLib.runner, ACATLib.export, "
-            "ACATLib.dependencies; print('torch' in sys.modules)") % str(ROOT / "ACATSlicer")
+            "ACATLib.dependencies, ACATLib.analysis, ACATLib.display, ACATLib.outputs; "
+            "print('torch' in sys.modules)") % str(ROOT / "ACATSlicer")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
 
 
-def test_requirements_parsing_and_check(tmp_path):
-    req = tmp_path / "requirements.txt"
-    req.write_text("# comment\nnumpy>=1.0  # inline\n\n--index-url x\nno-such-package-acat-test>=1\n"
-                   "numpy<1.0\n")
-    assert dependencies.read_requirements(req) == ["numpy>=1.0", "no-such-package-acat-test>=1", "numpy<1.0"]
-    assert dependencies.missing_requirements(dependencies.read_requirements(req)) == \
-        ["no-such-package-acat-test>=1", "numpy<1.0"]
-    assert dependencies.requirement_name("SimpleITK>=2.3") == "SimpleITK"
-
-
-def test_module_requirements_match_the_engine_dependencies():
-    import tomllib
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    engine_deps = {dependencies.requirement_name(r).lower() for r in project["dependencies"]}
-    module_deps = {dependencies.requirement_name(r).lower() for r in dependencies.read_requirements()}
-    assert module_deps == engine_deps - {"torch"}, "keep ACATSlicer/Resources/requirements.txt in step"
-    assert "torch" not in module_deps  # torch comes from the PyTorch extension
-
-
-# ------------------------------------------------------------- ACAT.py logic with a stand-in Qt layer
-@pytest.fixture()
-def acat_module(monkeypatch, scene):
-    """ACAT.py imported with stand-ins for what only a Qt Slicer has (qt, ScriptedLoadableModule,
-    parameterNodeWrapper, slicer.app); the MRML scene and slicer.util are slicer-core's."""
-    import importlib.util
-    import types
-    from unittest import mock
-
-    slm = types.ModuleType("slicer.ScriptedLoadableModule")
-
-    class ScriptedLoadableModule:
-        def __init__(self, parent):
-            self.parent = parent
-
-    class ScriptedLoadableModuleLogic:
-        def getParameterNode(self):
-            return scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
-
-    slm.ScriptedLoadableModule = ScriptedLoadableModule
-    slm.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
-    slm.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (), {})
-    slm.ScriptedLoadableModuleWidget = type("ScriptedLoadableModuleWidget", (), {"__init__": lambda self, p=None: None})
-    pnw = types.ModuleType("slicer.parameterNodeWrapper")
-    pnw.parameterNodeWrapper = lambda cls: cls
-    pnw.Choice = lambda choices: ("Choice", tuple(choices))
-    pnw.WithinRange = lambda lo, hi: ("WithinRange", lo, hi)
-    monkeypatch.setitem(sys.modules, "qt", mock.MagicMock())
-    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slm)
-    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", pnw)
-    monkeypatch.setattr(slicer, "app", mock.MagicMock(), raising=False)
-    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
-    spec = importlib.util.spec_from_file_location("ACAT_under_test", ROOT / "ACATSlicer" / "ACAT.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_acat_module_description(acat_module):
-    from unittest import mock
-    parent = mock.MagicMock()
-    acat_module.ACAT(parent)
-    assert parent.title == "ACAT" and parent.categories == ["Quantification"]
-    assert "Not for clinical use" in parent.helpText and "ICML" in parent.helpText
-    assert "Fontanella" in parent.helpText and parent.acknowledgementText
-
-
-def test_logic_process_in_this_process(acat_module, scene, monkeypatch, tmp_path):
+# ------------------------------------------------------------- the logic and the widget's MRML side
+def test_logic_process_in_this_process(scene, monkeypatch, tmp_path):
     (tmp_path / "fake_acat_engine2.py").write_text(FAKE_ENGINE)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(engine, "load_engine", lambda spec="": __import__("fake_acat_engine2").analyze)
-    volume = make_volume(shape=(4, 5, 6))
-    ct = ACATLib.node_from_volume(scene, volume, "CT")
-    logic = acat_module.ACATLogic()
+    ct = ACATLib.node_from_volume(scene, make_volume(shape=(4, 5, 6)), "CT")
     stages = []
-    nodes = logic.process(ct, model="lung", steps=4, installDependencies=False, show=False,
-                          onProgress=lambda fraction, stage: stages.append(stage))
+    nodes = analysis.process(scene, ct, {"model": "lung", "steps": 4}, report=lambda f, s: stages.append(s))
     assert engine.STAGE_LABELS["attention"] in stages
-    assert nodes.predicted_class == "b" and nodes.saliency.GetDisplayNode().GetColorNodeID() == ACATLib.COLOR_PERCEPTUAL
-    assert logic.exportResults(nodes, tmp_path / "out")
-    assert logic.modelSpec("brain") == "brain" and logic.modelSpec("file", tmp_path) == str(tmp_path)
+    assert nodes.predicted_class == "b" and nodes.overlay_kinds() == ["saliency", "attention:fused"]
+    assert export.export_result_nodes(scene, nodes, tmp_path / "out")
+    assert analysis.model_spec("brain") == "brain" and analysis.model_spec("file", tmp_path) == str(tmp_path)
     with pytest.raises(ValueError):
-        logic.modelSpec("file", Path("."))
-    assert logic.ensureDependencies(askConfirmation=False)  # the test venv has every requirement
+        analysis.model_spec("file", Path("."))
+    with pytest.raises(ValueError, match="input volume"):
+        analysis.process(scene, None, {})
 
 
-def test_logic_background_run_with_the_real_engine(acat_module, scene, monkeypatch, tmp_path):
-    """End to end through ACATLogic.processInBackground: the worker process (this Python standing in
-    for PythonSlicer) runs the real ACATCore.analyze with a tiny untrained lung bundle on the real
+def test_background_run_with_the_real_engine(scene, tmp_path):
+    """End to end through ACATLib.analysis.start_background: the worker process (this Python standing
+    in for PythonSlicer) runs the real ACATCore.analyze with a tiny untrained lung bundle on the real
     chest CT shipped with slicerio; the result comes back onto the input node's exact geometry."""
     from ACATCore.io import read_volume
     from pipeline_helpers import chest_ct_path, make_bundle
     bundle = make_bundle(tmp_path / "bundle", "lung")
-    monkeypatch.setattr(acat_module.shutil, "which", lambda name: sys.executable)
-    monkeypatch.setattr(slicer.util, "launchConsoleProcess",
-                        lambda args, updateEnvironment=None: subprocess.Popen(
-                            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**__import__("os").environ, **(updateEnvironment or {})}))
     ct = ACATLib.node_from_volume(scene, read_volume(chest_ct_path()), "CTChest")
-    logic = acat_module.ACATLogic()
-    job = logic.processInBackground(ct, model=str(bundle), device="cpu", steps=1, coverage="sampled")
+    job = analysis.start_background(ct, dict(model=str(bundle), device="cpu", steps=1, coverage="sampled"),
+                                    outputs=ALL, python_executable=sys.executable)
     events = []
     result = job.wait(timeout=180, on_progress=events.append)
     assert job.process.returncode == 0, job.log
     assert engine.STAGE_LABELS["counterfactuals"] in [e.stage for e in events]
-    nodes = logic.createResultNodes(result, ct)
+    nodes = analysis.finish_background(scene, job, ct)
     assert sum(nodes.probabilities) == pytest.approx(1.0, abs=1e-5)
     assert nodes.predicted_class in ("normal", "findings")
     for node in nodes.volumes.values():
@@ -574,36 +556,8 @@ def test_logic_background_run_with_the_real_engine(acat_module, scene, monkeypat
     assert nodes.peak_point is not None and nodes.slice_weight_chart is not None
 
 
-def test_sample_data_registration_uses_a_local_file(acat_module, monkeypatch):
-    import types
-    calls = []
-    sd = types.ModuleType("SampleData")
-    sd.SampleDataLogic = type("SampleDataLogic", (), {
-        "registerCustomSampleDataSource": staticmethod(lambda **kw: calls.append(kw))})
-    monkeypatch.setitem(sys.modules, "SampleData", sd)
-    acat_module.registerSampleData()
-    path = acat_module._sampleDataFile()
-    assert path is not None, "the extension must ship its sample head CT in Resources/data"
-    assert len(calls) == 1 and calls[0]["uris"].startswith("file:") and Path(path).is_file()
-    assert calls[0]["nodeNames"] == acat_module.SAMPLE_NAME
-    # the self-test analyses this file, so the engine must accept it as a head CT
-    from ACATCore.io import read_volume, validate_ct
-    volume = read_volume(path)
-    validate_ct(volume)
-    assert volume.array.min() < -900 and volume.array.max() > 1000      # air and skull
-
-
-def test_widget_shows_a_finished_run(acat_module, scene, monkeypatch):
-    """The widget's result handling (run finished -> nodes, table, overlay selector, layers, threshold,
-    jump, export) on real nodes; Qt widgets are stand-ins, their names are checked against the .ui in
-    test_slicer_module_files.py."""
-    import types
-    from unittest import mock
-    from ACATLib.runner import ProgressEvent
-
-    volume = make_volume()
-    ct = ACATLib.node_from_volume(scene, volume, "CT")
-    for name in ("Red", "Green"):
+def add_slice_views(scene, names=("Red", "Green")):
+    for name in names:
         comp = slicer.vtkMRMLSliceCompositeNode()
         comp.SetName(name)
         scene.AddNode(comp)
@@ -611,53 +565,38 @@ def test_widget_shows_a_finished_run(acat_module, scene, monkeypatch):
         slice_node.SetName(name)
         slice_node.SetLayoutName(name)
         scene.AddNode(slice_node)
-    result = make_result(volume)
-    widget = acat_module.ACATWidget.__new__(acat_module.ACATWidget)
-    widget.logic = acat_module.ACATLogic()
-    widget.ui = mock.MagicMock()
-    widget.ui.thresholdSliderWidget.value = 80.0
-    widget.ui.opacitySliderWidget.value = 0.4
-    widget._timer = mock.MagicMock()
-    widget._nodes = None
-    widget._parameterNode = types.SimpleNamespace(inputVolume=ct, thresholdPercentile=90.0, model="brain",
-                                                  modelFile=None)
-    widget._job = types.SimpleNamespace(poll=lambda: [ProgressEvent(0.5, "Generating counterfactuals")],
-                                        finished=True, state="done", result=result, elapsed_seconds=3.0,
-                                        error=None)
-    kinds = []
-    widget.ui.overlaySelector.addItem.side_effect = lambda label, kind: kinds.append(kind)
-    widget.ui.overlaySelector.currentIndex = 0
-    widget.ui.overlaySelector.itemData.side_effect = lambda i: kinds[i]
-    widget.onPoll()
 
-    nodes = widget._nodes
-    assert nodes is not None and widget._job is None
-    assert widget.ui.predictedClassLabel.text == "<b>left</b>"
-    assert widget._parameterNode.saliencyVolume is nodes.saliency
-    assert kinds == nodes.overlay_kinds()
-    widget.ui.probabilityTableWidget.setRowCount.assert_called_with(4)
-    composite = scene.GetFirstNodeByName("Red")
-    assert composite.GetBackgroundVolumeID() == ct.GetID()
-    assert composite.GetForegroundVolumeID() == nodes.saliency.GetID()
-    assert composite.GetForegroundOpacity() == pytest.approx(0.4)
+
+def test_display_shows_outputs_in_the_slice_views(scene):
+    """What the widget's overlay selector, opacity and threshold sliders and jump button do."""
+    volume = make_volume()
+    ct = ACATLib.node_from_volume(scene, volume, "CT")
+    add_slice_views(scene)
+    result = make_result(volume)
+    nodes = ACATLib.result_to_nodes(scene, result, ct, outputs=ALL)
+    display.show_output(scene, nodes, "saliency", 0.4, 80.0)
+    for name in ("Red", "Green"):
+        composite = scene.GetFirstNodeByName(name)
+        assert composite.GetBackgroundVolumeID() == ct.GetID()
+        assert composite.GetForegroundVolumeID() == nodes.saliency.GetID()
+        assert composite.GetForegroundOpacity() == pytest.approx(0.4)
     assert nodes.saliency.GetDisplayNode().GetLowerThreshold() == pytest.approx(
-        np.percentile(result.saliency.array, 80), abs=1e-6)
-    # a counterfactual scan replaces the CT and hides the overlay
-    widget.ui.overlaySelector.currentIndex = kinds.index("counterfactual:lesion")
-    widget.onOverlayChanged()
+        np.percentile(result.saliency.array, 80) * 255, abs=1e-3)
+    display.show_output(scene, nodes, "counterfactual:lesion", 0.4, 80.0)   # a scan replaces the CT
+    composite = scene.GetFirstNodeByName("Red")
     assert composite.GetBackgroundVolumeID() == nodes.volumes["counterfactual:lesion"].GetID()
     assert composite.GetForegroundVolumeID() is None
-    widget.onOpacityChanged(0.7)
+    display.set_opacity(scene, 0.7)
     assert composite.GetForegroundOpacity() == pytest.approx(0.7)
-    widget.ui.overlaySelector.currentIndex = 0
-    widget.onThresholdChanged(99.0)
+    display.set_threshold(nodes, "saliency", 99.0)
     assert nodes.saliency.GetDisplayNode().GetLowerThreshold() == pytest.approx(
-        np.percentile(result.saliency.array, 99), abs=1e-6)
-    widget.onJumpToPeak()
+        np.percentile(result.saliency.array, 99) * 255, abs=1e-3)
+    peak = display.jump_to_peak(scene, nodes)
     red = scene.GetFirstNodeByClass("vtkMRMLSliceNode")
-    peak = [0.0, 0.0, 0.0]
-    nodes.peak_point.GetNthControlPointPositionWorld(0, peak)
-    np.testing.assert_allclose(np.array([red.GetSliceToRAS().GetElement(r, 3) for r in range(3)]), peak, atol=1e-6)
+    np.testing.assert_allclose([red.GetSliceToRAS().GetElement(r, 3) for r in range(3)], peak, atol=1e-6)
+    nodes.peak_point = None
+    with pytest.raises(RuntimeError, match="peak"):
+        display.jump_to_peak(scene, nodes)
 
 
 def test_result_nodes_are_found_again_from_any_of_them(scene):
@@ -665,7 +604,7 @@ def test_result_nodes_are_found_again_from_any_of_them(scene):
     volume = make_volume()
     ct = ACATLib.node_from_volume(scene, volume, "CT")
     first = ACATLib.result_to_nodes(scene, make_result(volume), ct)
-    second = ACATLib.result_to_nodes(scene, make_result(volume), ct)
+    second = ACATLib.result_to_nodes(scene, make_result(volume), ct, outputs=ALL, replace=False)
     again = ACATLib.ResultNodes.from_scene(scene, second.volumes["attention:late"])
     assert again.input_node is ct and again.volumes == second.volumes
     assert again.overlay_kinds() == second.overlay_kinds()

@@ -62,8 +62,36 @@ def test_ui_parameter_bindings_name_real_parameters():
     assert bound, "no widget is bound to the parameter node"
     unknown = {w: p for w, p in bound.items() if p not in fields}
     assert not unknown, f"widgets bound to unknown parameters: {unknown}"
-    for needed in ("inputVolume", "model", "modelFile", "device", "counterfactualSteps", "alpha", "coverage"):
+    for needed in ("inputVolume", "model", "modelFile", "device", "counterfactualSteps", "alpha", "coverage",
+                   "loadSaliency", "loadFusedAttention", "loadStageAttention", "loadDifferences",
+                   "loadCounterfactuals"):
         assert needed in bound.values(), f"parameter {needed} has no widget"
+    # the default outputs are checked in the .ui as in the parameter node
+    checked = {w.get("name"): w.find("property[@name='checked']/bool").text
+               for w in ui_widgets().values() if w.get("class") == "QCheckBox"
+               and w.find("property[@name='checked']/bool") is not None}
+    assert checked["loadSaliencyCheckBox"] == checked["loadFusedAttentionCheckBox"] == "true"
+    assert checked["loadCounterfactualsCheckBox"] == "false"
+
+
+def test_self_test_never_installs_and_skips_without_torch():
+    """ACATTest runs under ctest in Slicer's testing mode: it must not call any installer."""
+    tree = ast.parse(ACAT_PY.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ACATTest")
+    called = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
+              for n in ast.walk(cls) if isinstance(n, ast.Call)}
+    assert not called & {"ensureDependencies", "ensure", "pip_install", "pip_ensure", "installTorch"}, called
+    assert {"missing_all", "skipTest"} <= called
+    source = ast.get_source_segment(ACAT_PY.read_text(), cls)
+    assert 'device="cpu"' in source and 'coverage="sampled"' in source and "TIME_LIMIT_S = 120" in source
+    assert '"left"' in source, "the self-test checks the sample head's lesion side"
+    assert "installDependencies=False" in source
+
+
+def test_glue_calls_the_engine_directly():
+    for name in ("engine.py", "runner.py", "worker.py", "analysis.py"):
+        text = (MODULE / "ACATLib" / name).read_text()
+        assert "import inspect" not in text and "signature(" not in text and "ALIASES" not in text, name
 
 
 def test_acat_py_imports_no_engine_or_torch_at_load():

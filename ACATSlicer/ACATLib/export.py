@@ -1,4 +1,4 @@
-"""Write the nodes of one analysis to a folder: maps as NRRD, tables as CSV, the peak as markups
+"""Write the nodes of one analysis to a folder: maps as NRRD (float32 values), tables as CSV, the peak as markups
 JSON, and ``summary.json`` (probabilities, predicted class, peak, model, files)."""
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import KIND_ATTRIBUTE, ResultNodes, table_rows
+from .geometry import set_node_array
+from .results import KIND_ATTRIBUTE, SCALE_ATTRIBUTE, ResultNodes, map_values, table_rows
 
 
 def _safe(name: str) -> str:
@@ -27,6 +28,22 @@ def _write(scene, node, storage_class: str, path: Path) -> None:
         scene.RemoveNode(storage)
 
 
+def _write_volume(scene, node, path: Path) -> None:
+    """Write a result volume; 8-bit display maps are written as their float32 values."""
+    if node.GetAttribute(SCALE_ATTRIBUTE) is None:
+        _write(scene, node, "vtkMRMLVolumeArchetypeStorageNode", path)
+        return
+    import slicer
+    tmp = slicer.vtkMRMLScalarVolumeNode()
+    tmp.CopyOrientation(node)
+    set_node_array(tmp, map_values(node))
+    scene.AddNode(tmp)
+    try:
+        _write(scene, tmp, "vtkMRMLVolumeArchetypeStorageNode", path)
+    finally:
+        scene.RemoveNode(tmp)
+
+
 def export_result_nodes(scene, nodes: ResultNodes, folder, overwrite: bool = False) -> list:
     """Write every output of ``nodes`` into ``folder`` (created); returns the written paths."""
     folder = Path(folder)
@@ -41,7 +58,7 @@ def export_result_nodes(scene, nodes: ResultNodes, folder, overwrite: bool = Fal
 
     for kind, node in nodes.volumes.items():
         path = target(_safe(kind.replace(":", "_")) + ".nrrd")
-        _write(scene, node, "vtkMRMLVolumeArchetypeStorageNode", path)
+        _write_volume(scene, node, path)
         written.append(path)
         files[kind] = path.name
     for key, node in (("probabilities", nodes.probability_table), ("slice_weights", nodes.slice_weight_table)):

@@ -11,6 +11,12 @@ Display choices (see docs/SLICER.md):
 - counterfactual difference (counterfactual - input, HU): the diverging "ColdToHotRainbow" map on a
   symmetric window [-m, m], m = 99.5th percentile of |difference| (signed: no threshold);
 - counterfactual scans: grey, with the input's window/level.
+
+Memory (these nodes are for display): saliency and attention maps are stored as uint8 over their
+window (value = ``ACAT.offset`` + ``ACAT.scale`` * stored; :func:`map_values` gives the values back),
+counterfactual scans and differences as int16 HU. A 512 x 512 x 300 map takes 79 MB (uint8) or 157 MB
+(int16) instead of 315 MB (float32). Only the outputs asked for are loaded (``ACATLib.outputs``), and
+a new run on the same input replaces that input's previous result nodes (:func:`remove_results`).
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from ACATCore.result import ATTENTION_NAMES, AnalysisResult
 from ACATCore.volume import Volume
 
 from .geometry import ijk_to_ras_matrix, set_node_array
+from .outputs import DEFAULT_OUTPUTS, check_outputs, wanted_parts
 
 COLOR_PERCEPTUAL = "vtkMRMLColorTableNodeFileInferno.txt"
 COLOR_DIVERGING = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
@@ -35,7 +42,9 @@ COLOR_GREY = "vtkMRMLColorTableNodeGrey"
 KIND_ATTRIBUTE = "ACAT.kind"            # "saliency", "attention:early", "counterfactual:<c>", "difference:<c>"
 RUN_ATTRIBUTE = "ACAT.run"              # the same id on every node of one analysis
 INPUT_ATTRIBUTE = "ACAT.input"          # node id of the analysed volume
-QUANTILES_ATTRIBUTE = "ACAT.quantiles"  # JSON list of the 0..100 percentiles of the map (for thresholds)
+QUANTILES_ATTRIBUTE = "ACAT.quantiles"  # JSON list of the 0..100 percentiles of the stored voxels
+SCALE_ATTRIBUTE = "ACAT.scale"          # map value = offset + scale * stored voxel (uint8 maps)
+OFFSET_ATTRIBUTE = "ACAT.offset"
 _QUANTILE_SAMPLE = 1_000_000            # at most this many voxels are used to estimate percentiles
 
 
@@ -158,7 +167,8 @@ def _quantiles(array: np.ndarray) -> list:
 
 
 def threshold_for_percentile(node, percentile: float) -> float:
-    """The map value at ``percentile`` (0..100), from the percentiles stored on the node."""
+    """The voxel value (as stored in the node) at ``percentile`` (0..100) of the map, from the
+    percentiles stored on the node."""
     text = node.GetAttribute(QUANTILES_ATTRIBUTE)
     if text:
         q = json.loads(text)
@@ -238,13 +248,43 @@ def _sample(array: np.ndarray) -> np.ndarray:
     return flat[:: max(1, int(np.ceil(flat.size / _QUANTILE_SAMPLE)))]
 
 
+def _to_uint8(array: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    scale = 255.0 / (hi - lo)
+    out = np.empty(array.shape, dtype=np.uint8)
+    for k in range(array.shape[0]):   # slice by slice: no full-size float temporaries
+        out[k] = np.clip(np.rint((array[k] - lo) * scale), 0, 255)
+    return out
+
+
+def _to_int16(array: np.ndarray) -> np.ndarray:
+    out = np.empty(array.shape, dtype=np.int16)
+    for k in range(array.shape[0]):
+        out[k] = np.clip(np.rint(array[k]), -32768, 32767)
+    return out
+
+
+def map_values(node) -> np.ndarray:
+    """The values of a result map node as float32 numpy ``(k, j, i)`` (uint8 maps rescaled)."""
+    from vtk.util import numpy_support
+    ni, nj, nk = node.GetImageData().GetDimensions()
+    stored = numpy_support.vtk_to_numpy(node.GetImageData().GetPointData().GetScalars()).reshape(nk, nj, ni)
+    scale = node.GetAttribute(SCALE_ATTRIBUTE)
+    if scale is None:
+        return stored.astype(np.float32)
+    return (float(node.GetAttribute(OFFSET_ATTRIBUTE)) + float(scale) * stored).astype(np.float32)
+
+
 def _overlay(scene, input_node, base: str, kind: str, volume: Volume, threshold_percentile: float):
     _check_grid(volume, input_node, kind)
     array = _map_array(volume)
-    node = _volume_node(scene, input_node, f"{base} {ResultNodes.label(kind)}", kind, array)
     lo, hi = _window_range(array)
-    _display(node, COLOR_PERCEPTUAL, lo, hi)
-    node.SetAttribute(QUANTILES_ATTRIBUTE, json.dumps(_quantiles(array)))
+    stored = _to_uint8(array, lo, hi)
+    node = _volume_node(scene, input_node, f"{base} {ResultNodes.label(kind)}", kind, stored)
+    node.SetAttribute(SCALE_ATTRIBUTE, repr((hi - lo) / 255.0))
+    node.SetAttribute(OFFSET_ATTRIBUTE, repr(lo))
+    _display(node, COLOR_PERCEPTUAL, 0.0, 255.0)
+    # percentiles of the exact map, in stored units (thresholds are as fine as the map allows)
+    node.SetAttribute(QUANTILES_ATTRIBUTE, json.dumps([(q - lo) * 255.0 / (hi - lo) for q in _quantiles(array)]))
     set_overlay_threshold(node, threshold_percentile)
     return node
 
@@ -398,40 +438,88 @@ def _place_in_hierarchy(scene, input_node, nodes: list, folder_name: str) -> Opt
 # Entry point
 # --------------------------------------------------------------------------------------------------
 
+def remove_results(scene, input_node) -> int:
+    """Remove every ACAT result node of ``input_node`` (and their display and storage nodes, and the
+    subject hierarchy folders left empty); returns the number of data nodes removed."""
+    input_id = input_node.GetID()
+    found = []
+    collection = scene.GetNodes()
+    for i in range(collection.GetNumberOfItems()):
+        node = collection.GetItemAsObject(i)
+        if node.GetAttribute(RUN_ATTRIBUTE) and node.GetAttribute(INPUT_ATTRIBUTE) == input_id:
+            found.append(node)
+    sh = _subject_hierarchy(scene)
+    folders = set()
+    if sh is not None:
+        for node in found:
+            item = sh.GetItemByDataNode(node)
+            if item:
+                folders.add(sh.GetItemParent(item))
+                sh.RemoveItem(item, False, False)   # the item only; the node goes below
+    helpers = []
+    for node in found:
+        if node.IsA("vtkMRMLDisplayableNode"):
+            helpers += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+        if node.IsA("vtkMRMLStorableNode"):
+            helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    for node in found + [h for h in helpers if h is not None]:
+        if scene.IsNodePresent(node):
+            scene.RemoveNode(node)
+    if sh is not None:
+        for folder in folders:
+            if folder and folder != sh.GetSceneItemID() and sh.GetItemAttribute(folder, RUN_ATTRIBUTE) \
+                    and sh.GetNumberOfItemChildren(folder) == 0:
+                sh.RemoveItem(folder)
+    return len(found)
+
+
 def result_to_nodes(scene, result: AnalysisResult, input_node, threshold_percentile: float = 95.0,
-                    name: Optional[str] = None, subject_hierarchy: bool = True) -> ResultNodes:
-    """Create the nodes that show ``result`` (an analysis of ``input_node``) in ``scene``."""
+                    name: Optional[str] = None, subject_hierarchy: bool = True, outputs=DEFAULT_OUTPUTS,
+                    replace: bool = True) -> ResultNodes:
+    """Create the nodes that show ``result`` (an analysis of ``input_node``) in ``scene``.
+
+    ``outputs``: the output groups to load (``ACATLib.outputs.OUTPUT_GROUPS``; default: saliency and
+    fused attention; None: all the result holds). ``replace``: first remove the result nodes of an
+    earlier run on the same input (:func:`remove_results`), so re-running never accumulates nodes."""
     if input_node is None or input_node.GetImageData() is None:
         raise ValueError("result_to_nodes needs the input volume node the result was computed on")
+    keep_saliency, attention_names, cf_names = wanted_parts(result, outputs)
+    groups = check_outputs(outputs) if outputs is not None else ("counterfactuals", "differences")
+    if replace:
+        remove_results(scene, input_node)
     base = name or input_node.GetName()
     out = ResultNodes(input_node=input_node, predicted_class=result.predicted_class,
                       class_names=list(result.class_names),
                       probabilities=np.asarray(result.probabilities, dtype=np.float64).ravel())
-    if result.saliency is not None:
+    if keep_saliency:
         out.volumes["saliency"] = _overlay(scene, input_node, base, "saliency", result.saliency,
                                            threshold_percentile)
     for att_name in ATTENTION_NAMES:
-        if att_name in (result.attention or {}):
+        if att_name in attention_names:
             out.volumes[f"attention:{att_name}"] = _overlay(
                 scene, input_node, base, f"attention:{att_name}", result.attention[att_name],
                 threshold_percentile)
-    input_array = None
-    for cls, cf in (result.counterfactuals or {}).items():
+    input_array = np.asarray(result.input.array)
+    for cls in cf_names:
+        cf = result.counterfactuals[cls]
         _check_grid(cf, input_node, f"counterfactual {cls}")
-        if input_array is None:
-            input_array = np.asarray(result.input.array, dtype=np.float32)
         cf_array = _map_array(cf)
-        node = _volume_node(scene, input_node, f"{base} ACAT counterfactual {cls}", f"counterfactual:{cls}",
-                            cf_array)
-        window, level = _input_window_level(input_node, input_array)
-        _display(node, COLOR_GREY, level - window / 2, level + window / 2)
-        out.volumes[f"counterfactual:{cls}"] = node
-        diff = cf_array - input_array
-        m = float(np.percentile(np.abs(_sample(diff)), 99.5)) if diff.size else 0.0
-        m = m if m > 0 else float(np.abs(diff).max() or 1.0)
-        dnode = _volume_node(scene, input_node, f"{base} ACAT difference {cls}", f"difference:{cls}", diff)
-        _display(dnode, COLOR_DIVERGING, -m, m)
-        out.volumes[f"difference:{cls}"] = dnode
+        if "counterfactuals" in groups:
+            node = _volume_node(scene, input_node, f"{base} ACAT counterfactual {cls}", f"counterfactual:{cls}",
+                                _to_int16(cf_array))
+            window, level = _input_window_level(input_node, input_array)
+            _display(node, COLOR_GREY, level - window / 2, level + window / 2)
+            out.volumes[f"counterfactual:{cls}"] = node
+        if "differences" in groups:
+            diff = np.empty(cf_array.shape, dtype=np.int16)
+            for k in range(diff.shape[0]):
+                diff[k] = np.clip(np.rint(cf_array[k] - input_array[k]), -32768, 32767)
+            m = float(np.percentile(np.abs(_sample(diff).astype(np.float32)), 99.5)) if diff.size else 0.0
+            m = m if m > 0 else float(np.abs(diff).max() or 1.0)
+            dnode = _volume_node(scene, input_node, f"{base} ACAT difference {cls}", f"difference:{cls}", diff)
+            _display(dnode, COLOR_DIVERGING, -m, m)
+            out.volumes[f"difference:{cls}"] = dnode
+        del cf_array
     out.probability_table = _probability_table(scene, base, result)
     if result.slice_weights is not None and np.asarray(result.slice_weights).size:
         out.slice_weight_table, out.slice_weight_series, out.slice_weight_chart = \
@@ -450,4 +538,6 @@ def result_to_nodes(scene, result: AnalysisResult, input_node, threshold_percent
         model = (result.model_card or {}).get("model_name") or (result.model_card or {}).get("task") or ""
         folder_name = f"ACAT {base}" + (f" ({model})" if model else "")
         out.folder_item = _place_in_hierarchy(scene, input_node, out.all_nodes(), folder_name)
+        if out.folder_item:
+            _subject_hierarchy(scene).SetItemAttribute(out.folder_item, RUN_ATTRIBUTE, run)
     return out

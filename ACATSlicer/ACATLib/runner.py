@@ -1,8 +1,14 @@
 """A background analysis in a separate Python process, with progress and cancel.
 
 Why a process and not a thread: torch holds the GIL in places and a long CPU run would make Slicer's
-GUI stutter; a separate process keeps the GUI responsive, can be cancelled at any moment (the process
-is terminated), and a crash or an out-of-memory in the engine cannot take Slicer down. The price is
+GUI stutter; a separate process keeps the GUI responsive, can be cancelled at any moment, and a crash
+or an out-of-memory in the engine cannot take Slicer down.
+
+Cancel stops the whole process tree: in Slicer ``PythonSlicer`` is a launcher that starts the real
+Python as its child, so terminating only the launcher would leave the analysis running (and its
+temporary folder deleted under it). :func:`kill_process_tree` (psutil, as Slicer's AI extensions do)
+terminates the children and the launcher, kills what is left after a grace period, and only then is
+the folder removed. The price is
 the start-up of a Python process and the hand-over of volumes through a temporary folder (.npz).
 
 Qt-free: the widget calls :meth:`BackgroundAnalysis.poll` from a ``qt.QTimer``; console code may call
@@ -26,7 +32,8 @@ from pathlib import Path
 from typing import Optional
 
 from . import transfer
-from .engine import DEFAULT_ENGINE
+from .engine import DEFAULT_ENGINE, check_options
+from .outputs import check_outputs
 from .worker import PREFIX
 
 WORKER = Path(__file__).resolve().with_name("worker.py")
@@ -50,14 +57,45 @@ def default_sys_path() -> list:
     return list(dict.fromkeys(paths))
 
 
+def kill_process_tree(pid: int, timeout: float = 5.0) -> list:
+    """Stop process ``pid`` and all its descendants: terminate the children first (so the launcher
+    cannot restart or wait on them), then the process; kill whatever is alive after ``timeout`` s.
+    Returns the psutil processes that were stopped (for checks)."""
+    import psutil
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return []
+    try:
+        children = parent.children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    procs = children + [parent]
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=timeout)
+    return procs
+
+
 class BackgroundAnalysis:
-    """One analysis of ``volume`` with ``options`` (model, device, steps, alpha, coverage)."""
+    """One analysis of ``volume`` with ``options`` (model, device, steps, alpha, coverage);
+    ``outputs``: the output groups to bring back (``ACATLib.outputs``; None: the defaults)."""
 
     def __init__(self, volume, options: dict, python_executable: Optional[str] = None,
                  engine: str = DEFAULT_ENGINE, launcher=None, sys_path: Optional[list] = None,
-                 env: Optional[dict] = None, work_dir: Optional[str] = None):
+                 env: Optional[dict] = None, work_dir: Optional[str] = None, outputs=None):
         self.volume = volume
-        self.options = dict(options)
+        self.options = check_options(options)
+        self.outputs = list(check_outputs(outputs))
         self.python = python_executable or sys.executable
         self.engine = engine
         self.launcher = launcher
@@ -84,7 +122,8 @@ class BackgroundAnalysis:
         input_path = self.work_dir / "input.npz"
         transfer.save_volume(self.volume, input_path)
         job = {"input": str(input_path), "output": str(self.work_dir / "result.npz"),
-               "options": self.options, "engine": self.engine, "sys_path": self.sys_path}
+               "options": self.options, "outputs": self.outputs, "engine": self.engine,
+               "sys_path": self.sys_path}
         job_path = self.work_dir / "job.json"
         job_path.write_text(json.dumps(job, indent=1), encoding="utf-8")
         args = [self.python, str(WORKER), str(job_path)]
@@ -111,19 +150,26 @@ class BackgroundAnalysis:
             self._lines.put(None)
 
     def cancel(self) -> None:
-        """Stop the worker now (terminate, then kill after 5 s)."""
+        """Stop the worker and every process it started (terminate, then kill after 5 s), then
+        delete the temporary folder."""
         if self.state != "running":
             return
         self.state = "cancelled"
         self.stage = "Cancelled"
         proc = self.process
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
+        if proc is not None:
+            try:
+                kill_process_tree(proc.pid)
+            except ImportError:  # no psutil: the launcher only (its child may outlive it)
+                if proc.poll() is None:
+                    proc.terminate()
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
+        if self._reader is not None:
+            self._reader.join(timeout=2)
         self.cleanup()
 
     def cleanup(self) -> None:

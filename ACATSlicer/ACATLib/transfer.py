@@ -72,18 +72,23 @@ def load_volume(path) -> Volume:
         return _get_volume(data, header, "volume")
 
 
-def save_result(result: AnalysisResult, path, include_input: bool = False) -> None:
-    """Write ``result``; the input volume is left out unless asked (the caller has it)."""
+def save_result(result: AnalysisResult, path, include_input: bool = False, outputs=None) -> None:
+    """Write ``result``; the input volume is left out unless asked (the caller has it).
+
+    ``outputs``: the output groups to keep (``ACATLib.results.OUTPUT_GROUPS``; None: all). Maps not
+    asked for are not written, so they never reach Slicer's memory."""
+    from .outputs import wanted_parts
+    keep_saliency, attention_names, counterfactual_names = wanted_parts(result, outputs)
     arrays: dict = {}
     header: dict = {
         "format": FORMAT, "kind": "result", "class_names": list(result.class_names),
-        "attention_names": list((result.attention or {}).keys()),
-        "counterfactual_names": list((result.counterfactuals or {}).keys()),
+        "attention_names": attention_names,
+        "counterfactual_names": counterfactual_names,
         "peak_index": None if result.peak_index is None else [int(v) for v in result.peak_index],
         "peak_lps": None if result.peak_lps is None else [float(v) for v in result.peak_lps],
         "peak_territory": result.peak_territory, "model_card": result.model_card,
         "timings": result.timings, "warnings": [str(w) for w in result.warnings],
-        "has_input": bool(include_input), "has_saliency": result.saliency is not None,
+        "has_input": bool(include_input), "has_saliency": keep_saliency,
     }
     arrays["probabilities"] = np.asarray(result.probabilities, dtype=np.float64)
     arrays["slice_weights"] = np.asarray(result.slice_weights, dtype=np.float64)
@@ -92,7 +97,7 @@ def save_result(result: AnalysisResult, path, include_input: bool = False) -> No
         arrays["baseline_probabilities"] = np.asarray(result.baseline_probabilities, dtype=np.float64)
     if include_input:
         _put_volume(arrays, header, "input", result.input)
-    if result.saliency is not None:
+    if keep_saliency:
         _put_volume(arrays, header, "saliency", result.saliency)
     for i, name in enumerate(header["attention_names"]):
         _put_volume(arrays, header, f"attention{i}", result.attention[name])

@@ -8,6 +8,8 @@ never waits for torch. Protocol on stdout, one line each (anything else is log t
     ACAT:done <path of the result .npz>
 
 Exit code 0 on success, 2 for an error the user can fix (``ACATCore.errors.ACATError``), 1 otherwise.
+In Slicer the worker runs under ``PythonSlicer``, a launcher that starts the real Python as its child:
+cancelling stops the whole process tree (``ACATLib.runner.kill_process_tree``).
 """
 import json
 import os
@@ -46,10 +48,10 @@ def main(argv=None):
         report(0.02, "Analysing")
         # the engine's own fractions (0..1) fill the bar between loading (2 %) and writing (98 %)
         result = run_engine(volume, job.get("options", {}), engine=job.get("engine", "ACATCore:analyze"),
-                            report=lambda f, s: report(None if f is None else 0.02 + 0.95 * f, s),
-                            log=lambda m: print(m, flush=True))
+                            report=lambda f, s: report(None if f is None else 0.02 + 0.95 * f, s))
         report(0.98, "Writing results")
-        transfer.save_result(result, job["output"])
+        # only the outputs the user chose travel back (and are loaded into Slicer)
+        transfer.save_result(result, job["output"], outputs=job.get("outputs"))
         emit("done", job["output"])
         print(f"ACAT worker finished in {time.time() - started:.1f} s", flush=True)
         return 0
