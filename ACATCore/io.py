@@ -132,6 +132,18 @@ def native_output_captured():
 
 
 @contextlib.contextmanager
+def _linked_parent(path: Path, prefix: str):
+    """(temp folder, its link "d" to ``path``'s parent folder): plain names SimpleITK can pass to C++."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    try:
+        parent = os.path.abspath(os.fsencode(str(path.parent)))
+        os.symlink(parent, os.path.join(os.fsencode(tmp), b"d"))
+        yield tmp, parent
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)     # only links: their targets are untouched
+
+
+@contextlib.contextmanager
 def _itk_read_path(path: Path):
     """A path string SimpleITK can take for ``path``: itself, or (a name with bytes that are not
     UTF-8, which SimpleITK cannot pass to C++) a symbolic link with a plain name in a temp folder."""
@@ -139,18 +151,13 @@ def _itk_read_path(path: Path):
     if _utf8_ok(text):
         yield text
         return
-    tmp = tempfile.mkdtemp(prefix="acat-read-")
-    try:
-        parent = os.path.abspath(os.fsencode(str(path.parent)))
-        os.symlink(parent, os.path.join(os.fsencode(tmp), b"d"))
+    with _linked_parent(path, "acat-read-") as (tmp, _):
         if _utf8_ok(path.name):
             yield os.path.join(tmp, "d", path.name)
         else:
             link = os.path.join(tmp, "input" + (_suffix(path) or ".img"))
             os.symlink(os.path.abspath(os.fsencode(str(path))), os.fsencode(link))
             yield link
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)     # only links: their targets are untouched
 
 
 @contextlib.contextmanager
@@ -160,16 +167,11 @@ def _itk_write_path(path: Path):
     if _utf8_ok(text):
         yield text
         return
-    tmp = tempfile.mkdtemp(prefix="acat-write-")
-    try:
-        parent = os.path.abspath(os.fsencode(str(path.parent)))
-        os.symlink(parent, os.path.join(os.fsencode(tmp), b"d"))
+    with _linked_parent(path, "acat-write-") as (tmp, parent):
         name = path.name if _utf8_ok(path.name) else ".acat-write" + (_suffix(path) or ".img")
         yield os.path.join(tmp, "d", name)
         if name != path.name:
             os.replace(os.path.join(parent, os.fsencode(name)), os.fsencode(str(path)))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _itk_reason(exc, native: str = "") -> str:
