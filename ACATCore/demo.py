@@ -2,9 +2,9 @@
 
 - chest: ``CTChest4.nrrd`` of the ``slicerio`` package (a real chest CT, MIT) with the lung model;
 - head: ``Resources/data/ACATSampleHeadCT.nrrd``, an ACAT-Synth head CT (the shipped CT brain atlas,
-  deformed, with skull, noise and an IS-3 ischaemic lesion in the left MCA territory; the bare atlas is
-  skull-stripped and has no air, so it is not a CT that ACAT accepts) with the brain model. The Slicer
-  module offers the same file as its sample data.
+  deformed, with skull, scalp, head holder, 5 mm slices, noise and a territorial infarct in the left
+  MCA territory; ``training/make_sample_head.py`` made it and checked that the brain bundle finds it)
+  with the brain model. The Slicer module offers the same file as its sample data.
 
 Each runs ``acat analyze INPUT --model NAME --out acat-demo-output/NAME --overwrite``; the demo then
 prints where the outputs and the reports are. A model bundle that is not shipped (yet) is reported
@@ -49,7 +49,7 @@ def head_ct() -> Path:
     """The shipped sample head CT (see Resources/data/NOTICE for how it was made)."""
     from .resources import resource_path
     path = resource_path("data", "ACATSampleHeadCT.nrrd")
-    print(f"head case: ACAT-Synth head with an IS-3 lesion in MCA_left -> {path}")
+    print(f"head case: ACAT-Synth head with a territorial infarct in MCA_left -> {path}")
     return path
 
 

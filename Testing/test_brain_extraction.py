@@ -121,3 +121,15 @@ def test_the_brain_mask_volume_is_on_the_input_grid():
     direct = extract_brain(case["image"], case["spacing"]).mask
     assert mask.shape == flipped.array.shape
     assert (mask == direct[:, ::-1, ::-1]).mean() > 0.999
+
+
+def test_the_brain_model_refuses_a_chest_ct_with_one_line(tmp_path, capsys):
+    import slicerio
+    from ACATCore.checkpoint import load_bundle
+    from ACATCore.cli import main
+    assert load_bundle("brain").card["preprocessing"]["brain_extraction"] is True
+    chest = Path(slicerio.__file__).parent / "data" / "CTChest4.nrrd"
+    code = main(["analyze", str(chest), "--model", "brain", "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no brain was found" in err[0], err
+    assert not (tmp_path / "out").exists()
