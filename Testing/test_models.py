@@ -241,9 +241,10 @@ def _train_bn_stats(model, x, s=None):
     model.eval()
 
 
-def test_brain_mtl_mirroring_swaps_left_and_right():
+@pytest.mark.parametrize("pooling", [{}, {"pooling": "topk", "topk": 3}])
+def test_brain_mtl_mirroring_swaps_left_and_right(pooling):
     torch.manual_seed(0)
-    model = build_model("brain_mtl", **TINY_BRAIN)
+    model = build_model("brain_mtl", **TINY_BRAIN, **pooling)
     x = torch.rand(2, 3, 1, 32, 64)
     x[..., :20] += 0.5  # make the sides differ
     _train_bn_stats(model, x)
@@ -369,3 +370,15 @@ def test_paper_sizes():
         assert vit(x).shape == (1, 2)
         vit_brain = build_model("vit", backbone="brain")
         assert vit_brain.config["patch_size"] == 50 and vit_brain.config["image_size"] == [400, 500]
+
+
+def test_topk_pooling_keeps_local_evidence_that_the_mean_dilutes():
+    from ACATCore.models.common import spatial_pool
+    fmap = torch.zeros(1, 2, 16, 16)
+    fmap[0, 0, 3:5, 3:5] = 1.0                       # a lesion 2 x 2 cells wide in channel 0
+    assert spatial_pool(fmap, "topk", 4)[0, 0] == 1.0 and spatial_pool(fmap, "mean")[0, 0] < 0.02
+    model = build_model("brain_mtl", **TINY_BRAIN, pooling="topk", topk=5)
+    assert model.config["pooling"] == "topk" and model.config["topk"] == 5
+    assert "pooling" not in build_model("brain_mtl", **TINY_BRAIN).config      # paper cards unchanged
+    with pytest.raises(ConfigError, match="pooling"):
+        build_model("brain_mtl", **TINY_BRAIN, pooling="max")

@@ -414,3 +414,21 @@ def test_lesion_region_for_hit_score():
     brain = E.lesion_region(mask, regions, "brain")
     assert brain.sum() == 16 and brain[:, :2].all()
     assert E.lesion_region(mask, regions, "lung").sum() == 1
+
+
+def test_augmentation_moves_image_and_saliency_together_and_keeps_the_background():
+    import torch
+    x = torch.zeros(3, 4, 1, 32, 24)
+    x[:, :, :, 8:20, 6:14] = 0.5                                   # a "brain" on a zero background
+    batch = {"x": x.clone(), "saliency": x.clone(), "y": torch.zeros(3, dtype=torch.long)}
+    spatial = {"prob": 1.0, "rotate_deg": 15, "scale": 0.1, "translate": 0.1}
+    out = C.augment_batch(dict(batch), spatial, [4, 7, 9], seed=0, epoch=1)
+    assert not torch.equal(out["x"], x)
+    assert torch.allclose(out["x"], out["saliency"])                # one transform for both
+    again = C.augment_batch(dict(batch), spatial, [4, 7, 9], seed=0, epoch=1)
+    assert torch.equal(again["x"], out["x"])                        # seeded: a resume repeats it
+    intensity = C.augment_batch(dict(batch), {"prob": 0.0, "gain": 0.1, "offset": 0.05, "noise": 0.02},
+                                [4, 7, 9], seed=0, epoch=1)
+    assert (intensity["x"][x == 0] == 0).all()                      # outside the brain stays 0
+    assert not torch.equal(intensity["x"][x > 0], x[x > 0])
+    assert C.augment_batch(dict(batch), None, [4, 7, 9], 0, 1)["x"] is batch["x"]

@@ -661,8 +661,9 @@ def augment_batch(batch: dict, aug: Optional[dict], positions, seed: int, epoch:
     for key in [k for k in keys if k in batch]:
         t = batch[key]                                                                 # (B, S, 1, H, W)
         grid = F.affine_grid(theta, (n, t.shape[1], *t.shape[-2:]), align_corners=False)
-        batch[key] = F.grid_sample(t[:, :, 0], grid, mode="bilinear", padding_mode="zeros",
-                                   align_corners=False)[:, :, None]
+        moved = F.grid_sample(t[:, :, 0], grid, mode="bilinear", padding_mode="zeros",
+                              align_corners=False)[:, :, None]
+        batch[key] = torch.where(on.reshape(-1, 1, 1, 1, 1) > 0, moved, t)      # untouched: bit-exact
     x = batch["x"]
     gain = 1 + u(n, 1, 1, 1, 1) * float(aug.get("gain", 0.0))
     offset = u(n, 1, 1, 1, 1) * float(aug.get("offset", 0.0))
