@@ -851,6 +851,8 @@ def _forked_cli(argv, stage: str, folder: Path):
                 os.close(target)
             sys.stdout = open(1, "w", closefd=False)
             sys.stderr = open(2, "w", closefd=False)
+            # as in a terminal: a runner started in the background (nohup, CI) may ignore SIGINT
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             import ACATCore.io as io
             import ACATCore.pipeline as pipeline
 
