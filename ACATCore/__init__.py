@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "analyze": ("pipeline", "analyze"),
-    "analyze_batch": ("pipeline", "analyze_batch"),
+    "analyze_batch": ("batch", "analyze_batch"),
     "Cancelled": ("pipeline", "Cancelled"),
     "STAGES": ("pipeline", "STAGES"),
     "save_result": ("report", "save_result"),

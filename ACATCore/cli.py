@@ -222,7 +222,7 @@ def _check_device(device: str) -> None:
 
 
 def _analyze(args) -> int:
-    from .report import check_output_folder
+    from .outputs import check_output_folder
     if args.model is None or not str(args.model).strip():
         raise ConfigError("--model is required: a shipped model name (brain, lung) or a bundle folder")
     if args.steps < 0 or args.steps > 10000:
@@ -259,8 +259,8 @@ def _analyze(args) -> int:
 
 def check_output_inputs(out: Path, inputs) -> None:
     """Refuse an output folder that is, contains or lies inside any input (see
-    :func:`ACATCore.report.check_output_overlap`)."""
-    from .report import check_output_overlap
+    :func:`ACATCore.outputs.check_output_overlap`)."""
+    from .outputs import check_output_overlap
     check_output_overlap(out, inputs)
 
 
@@ -300,7 +300,7 @@ def case_names(cases) -> list:
     """One output folder name per case: the file name without its CT suffix, made safe (letters,
     digits, ``-_.``), unique even on a case-insensitive file system (``a``, ``a_1``, ``a_2`` ...,
     never one that another case has as its own name) and never ``summary.csv``."""
-    from .pipeline import _case_name
+    from .batch import _case_name
     bases = []
     for i, c in enumerate(cases):
         name, _ = _case_name(c, i)
@@ -320,8 +320,9 @@ def case_names(cases) -> list:
 
 
 def _analyze_batch(cases, out: Path, args, options) -> int:
-    from .pipeline import analyze_batch
-    from .report import AtomicFolder, write_summary_csv
+    from .batch import analyze_batch
+    from .outputs import AtomicFolder
+    from .report import write_summary_csv
     if not cases:
         raise InputError(f"no CT files, DICOM folders or datalist entries found in {shown(args.input)}")
     # The whole batch folder is written beside ``out`` and moved into place at the end (all or

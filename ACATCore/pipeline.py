@@ -47,7 +47,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -55,6 +54,7 @@ import numpy as np
 import torch
 
 from .errors import ACATError, ConfigError, InputError, ModelFileError
+from .preprocessing import SliceMerger
 from .result import ATTENTION_NAMES, AnalysisResult
 from .volume import Volume
 
@@ -284,15 +284,10 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
         (e.g. ``{"precision": "bf16"}``, ``{"fuse": False}``, ``{"decode_chunk": 4}``).
     channels_last: on the CPU, run the nets in channels-last memory format (faster, same maps).
     """
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ConfigError(f"steps must be a whole number >= 0, not {steps!r}")
-    if not alpha >= 0:
-        raise ConfigError(f"alpha must be >= 0, not {alpha!r}")
-    if coverage not in COVERAGES:
-        raise ConfigError(f"coverage must be one of {', '.join(COVERAGES)}, not {coverage!r}")
+    _check_options(steps, alpha, coverage)
     prog = _Progress(progress, cancel, with_write=out is not None)
     if out is not None:
-        from .report import check_output_folder, check_output_overlap
+        from .outputs import check_output_folder, check_output_overlap
         check_output_folder(out, overwrite)    # fail before the work, not after
         if isinstance(volume_or_path, (str, os.PathLike)):
             check_output_overlap(out, [volume_or_path])     # never write over (or around) the input
@@ -307,92 +302,22 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
 
     prog.stage("preprocess")
     prepared, offsets, seen, n_slices, brain = _prepare_all(volume, spec, coverage, prog)
-    warnings = list(volume.metadata.get("warnings", []))
-    for p in prepared:
-        for w in getattr(p, "warnings", []) or []:
-            if w not in warnings:
-                warnings.append(w)
-    if coverage == "full" and len(seen) < n_slices:
-        warnings.append(f"full coverage reached only {len(seen)} of {n_slices} slices")
+    warnings = _input_warnings(volume, prepared, coverage, seen, n_slices)
 
-    n_vol = len(prepared)
-    s, _, h, w = prepared[0].tensor.shape
-    chunk = max(1, int(pixel_budget // max(1, s * h * w)))
-    chunks = [list(range(i, min(n_vol, i + chunk))) for i in range(0, n_vol, chunk)]
-    lo, hi = [float(v) for v in spec["window"]]
-
-    merger = _SliceMerger(volume, prepared)
-    base_probs, acat_probs, cf_names = [], [], None
-    for ci, idx in enumerate(chunks):
-        x = torch.stack([prepared[i].tensor for i in idx]).to(dev, torch.float32)   # (B, S, 1, H, W)
-
-        prog.stage("classify")
-        with torch.inference_mode():
-            base_probs.append(torch.softmax(bundle.classifier(x).float(), dim=1).cpu().numpy())
-
-        prog.stage("counterfactuals")
-        sal, cf_images, recon = _counterfactual_saliency(
-            bundle, x, steps, alpha, early_stop, counterfactual_options or {},
-            lambda f, ci=ci: prog.report((ci + f) / len(chunks)), prog.check, pixel_budget)
-        if cf_names is None:
-            cf_names = counterfactual_class_names(card, cf_images.shape[1])
-
-        prog.stage("attention")
-        with torch.inference_mode():
-            logits, inter = bundle.acat(x, sal.to(x.dtype), return_intermediates=True)
-            acat_probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-            masks = {}
-            for name in ATTENTION_NAMES:
-                m = inter[name].float()                                      # (B, S, 1, h, w)
-                b_, s_ = m.shape[:2]
-                up = torch.nn.functional.interpolate(m.reshape(b_ * s_, 1, *m.shape[-2:]),
-                                                     size=(h, w), mode="bilinear", align_corners=False)
-                masks[name] = up.reshape(b_, s_, h, w).cpu().numpy()
-            weights = inter["slice_weights"].float().reshape(len(idx), -1).cpu().numpy()  # (B, S)
-
-        prog.stage("map back")
-        sal_np = sal[:, :, 0].float().cpu().numpy()                              # (B, S, H, W)
-        delta_np = (cf_images - recon[:, None])[:, :, :, 0].float().cpu().numpy() * (hi - lo)
-        del x, sal, cf_images, recon
-        for b, i in enumerate(idx):
-            merger.add("saliency", i, sal_np[b])
-            for name in ATTENTION_NAMES:
-                merger.add(f"attention {name}", i, masks[name][b])
-            for t, name in enumerate(cf_names):
-                merger.add(f"counterfactual {name}", i, delta_np[b, t])
-            merger.add_slice_values("slice weights", i, weights[b])
-            prog.report((b + 1) / len(idx))
-
+    merger = SliceMerger(volume, prepared)
+    base_probs, acat_probs, cf_names = _analyse_samplings(
+        bundle, card, prepared, merger, prog, pixel_budget,
+        dict(steps=steps, alpha=alpha, early_stop=early_stop, options=counterfactual_options or {}))
     probabilities = np.concatenate(acat_probs).mean(axis=0)
     baseline = np.concatenate(base_probs).mean(axis=0)
     prog.stage("map back")
     if brain is not None:           # maps and the peak only where the brain is
         from .preprocessing import from_canonical
         merger.restrict_to(from_canonical(brain.mask, prepared[0].perm, prepared[0].flip))
-    saliency = merger.volume_of("saliency")
-    peak_value = float(saliency.array.max())
-    if peak_value > 0:          # resampling and merging lower the peak a little: max back to 1
-        saliency.array /= peak_value
-    attention = {name: merger.volume_of(f"attention {name}") for name in ATTENTION_NAMES}
-    counterfactuals = {}
-    for name in cf_names:
-        delta = merger.volume_of(f"counterfactual {name}").array
-        cf = (volume.array.astype(np.float32) + delta).astype(np.float32)
-        counterfactuals[name] = volume.with_array(cf, kind="counterfactual", target=name)
+    saliency, attention, counterfactuals = _merged_maps(merger, volume, cf_names)
     slice_weights = merger.slice_values_of("slice weights")
     slices_seen = np.array(sorted(seen), dtype=int)
-
-    peak_index = peak_lps = territory = None
-    if float(saliency.array.max()) > 0:
-        k, j, i = np.unravel_index(int(np.argmax(saliency.array)), saliency.shape)
-        peak_index = (int(i), int(j), int(k))
-        peak_lps = tuple(float(v) for v in volume.index_to_physical(peak_index))
-        if card.get("task") == "brain":
-            territory, note = peak_territory(volume, peak_index, brain)
-            if note:
-                warnings.append(note)
-    else:
-        warnings.append("the saliency map is zero everywhere: the counterfactuals did not change the image")
+    peak_index, peak_lps, territory = _saliency_peak(volume, saliency, card, brain, warnings)
 
     result = AnalysisResult(
         input=volume, class_names=list(card.get("class_names", [])), probabilities=probabilities,
@@ -412,6 +337,121 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
     prog.done()
     result.timings = prog.timings
     return result
+
+
+def _analyse_samplings(bundle, card, prepared, merger, prog, pixel_budget, search) -> tuple:
+    """Classify, search the counterfactuals and attend, chunk by chunk of samplings; every map goes
+    into ``merger``. Returns (baseline probabilities, ACAT probabilities: lists of (B, K), class names
+    of the counterfactuals). ``search``: steps, alpha, early_stop, options."""
+    dev = next(bundle.classifier.parameters()).device
+    n_vol = len(prepared)
+    s, _, h, w = prepared[0].tensor.shape
+    chunk = max(1, int(pixel_budget // max(1, s * h * w)))
+    chunks = [list(range(i, min(n_vol, i + chunk))) for i in range(0, n_vol, chunk)]
+    lo, hi = [float(v) for v in _preprocessing_spec(card)["window"]]
+
+    base_probs, acat_probs, cf_names = [], [], None
+    for ci, idx in enumerate(chunks):
+        x = torch.stack([prepared[i].tensor for i in idx]).to(dev, torch.float32)   # (B, S, 1, H, W)
+
+        prog.stage("classify")
+        with torch.inference_mode():
+            base_probs.append(torch.softmax(bundle.classifier(x).float(), dim=1).cpu().numpy())
+
+        prog.stage("counterfactuals")
+        sal, cf_images, recon = _counterfactual_saliency(
+            bundle, x, search["steps"], search["alpha"], search["early_stop"], search["options"],
+            lambda f, ci=ci: prog.report((ci + f) / len(chunks)), prog.check, pixel_budget)
+        if cf_names is None:
+            cf_names = counterfactual_class_names(card, cf_images.shape[1])
+
+        prog.stage("attention")
+        probs, masks, weights = _attend(bundle.acat, x, sal, (h, w))
+        acat_probs.append(probs)
+
+        prog.stage("map back")
+        sal_np = sal[:, :, 0].float().cpu().numpy()                              # (B, S, H, W)
+        delta_np = (cf_images - recon[:, None])[:, :, :, 0].float().cpu().numpy() * (hi - lo)
+        del x, sal, cf_images, recon
+        for b, i in enumerate(idx):
+            merger.add("saliency", i, sal_np[b])
+            for name in ATTENTION_NAMES:
+                merger.add(f"attention {name}", i, masks[name][b])
+            for t, name in enumerate(cf_names):
+                merger.add(f"counterfactual {name}", i, delta_np[b, t])
+            merger.add_slice_values("slice weights", i, weights[b])
+            prog.report((b + 1) / len(idx))
+
+    return base_probs, acat_probs, cf_names
+
+
+def _check_options(steps, alpha, coverage) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ConfigError(f"steps must be a whole number >= 0, not {steps!r}")
+    if not alpha >= 0:
+        raise ConfigError(f"alpha must be >= 0, not {alpha!r}")
+    if coverage not in COVERAGES:
+        raise ConfigError(f"coverage must be one of {', '.join(COVERAGES)}, not {coverage!r}")
+
+
+def _input_warnings(volume, prepared, coverage, seen, n_slices) -> list:
+    """The reader's and the samplings' warnings (each once), and a coverage shortfall."""
+    warnings = list(volume.metadata.get("warnings", []))
+    for p in prepared:
+        for w in getattr(p, "warnings", []) or []:
+            if w not in warnings:
+                warnings.append(w)
+    if coverage == "full" and len(seen) < n_slices:
+        warnings.append(f"full coverage reached only {len(seen)} of {n_slices} slices")
+    return warnings
+
+
+@torch.inference_mode()
+def _attend(acat, x, sal, size) -> tuple:
+    """ACAT with the saliency: (probabilities (B, K), masks {name: (B, S, H, W)} upsampled to the
+    model grid ``size``, slice weights (B, S)), as numpy."""
+    logits, inter = acat(x, sal.to(x.dtype), return_intermediates=True)
+    masks = {}
+    for name in ATTENTION_NAMES:
+        m = inter[name].float()                                      # (B, S, 1, h, w)
+        b, s = m.shape[:2]
+        up = torch.nn.functional.interpolate(m.reshape(b * s, 1, *m.shape[-2:]), size=size,
+                                             mode="bilinear", align_corners=False)
+        masks[name] = up.reshape(b, s, *size).cpu().numpy()
+    weights = inter["slice_weights"].float().reshape(x.shape[0], -1).cpu().numpy()
+    return torch.softmax(logits.float(), dim=1).cpu().numpy(), masks, weights
+
+
+def _merged_maps(merger, volume, cf_names) -> tuple:
+    """(saliency scaled to max 1, attention {name: Volume}, counterfactuals {class: Volume in HU})."""
+    saliency = merger.volume_of("saliency")
+    peak_value = float(saliency.array.max())
+    if peak_value > 0:          # resampling and merging lower the peak a little: max back to 1
+        saliency.array /= peak_value
+    attention = {name: merger.volume_of(f"attention {name}") for name in ATTENTION_NAMES}
+    counterfactuals = {}
+    for name in cf_names:
+        delta = merger.volume_of(f"counterfactual {name}").array
+        cf = (volume.array.astype(np.float32) + delta).astype(np.float32)
+        counterfactuals[name] = volume.with_array(cf, kind="counterfactual", target=name)
+    return saliency, attention, counterfactuals
+
+
+def _saliency_peak(volume, saliency, card, brain, warnings) -> tuple:
+    """(peak (i, j, k), its LPS mm, its vascular territory for brain models); notes go to ``warnings``."""
+    if float(saliency.array.max()) <= 0:
+        warnings.append("the saliency map is zero everywhere: the counterfactuals did not change the image")
+        return None, None, None
+    k, j, i = np.unravel_index(int(np.argmax(saliency.array)), saliency.shape)
+    peak_index = (int(i), int(j), int(k))
+    peak_lps = tuple(float(v) for v in volume.index_to_physical(peak_index))
+    territory = None
+    if card.get("task") == "brain":
+        from .data.territories import peak_territory
+        territory, note = peak_territory(volume, peak_index, brain)
+        if note:
+            warnings.append(note)
+    return peak_index, peak_lps, territory
 
 
 def _counterfactual_saliency(bundle, x, steps, alpha, early_stop, options, report, check,
@@ -511,199 +551,3 @@ def _normalise(m):
     m = torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0)
     mx = m.reshape(m.shape[0], -1).amax(1).reshape(-1, *([1] * (m.dim() - 1)))
     return torch.where(mx > 0, m / mx.clamp_min(1e-30), torch.zeros_like(m))
-
-
-class _SliceMerger:
-    """Maps per-sampling model-grid maps back onto the input grid and merges the samplings as
-    they come: each input slice takes its values from the samplings that saw it (mean if several);
-    slices that no sampling saw stay zero (slice values: NaN). Slices are counted along the input
-    axis the model sampled (``Prepared.slice_axis``; axis k for an axial scan)."""
-
-    def __init__(self, volume: Volume, prepared: list):
-        self.volume = volume
-        self.prepared = prepared
-        self.axis = int(prepared[0].slice_axis)
-        n = volume.shape[self.axis]
-        self.count = np.zeros(n, dtype=np.int32)
-        self.seen_by = []
-        for p in prepared:
-            mask = np.zeros(n, dtype=bool)
-            mask[np.asarray(p.slice_indices, dtype=int)] = True
-            self.seen_by.append(mask)
-            self.count += mask
-        self.sums = {}
-        self.slice_sums = {}
-        self.keep = None
-
-    def restrict_to(self, mask: np.ndarray):
-        """Maps are zero outside ``mask`` (input grid), e.g. outside the brain."""
-        self.keep = np.asarray(mask, dtype=bool)
-
-    def _index(self, mask):
-        index = [slice(None)] * 3
-        index[self.axis] = mask
-        return tuple(index)
-
-    def add(self, name: str, sampling: int, model_map: np.ndarray):
-        """``model_map`` (S, H, W) of sampling ``sampling`` on the model grid."""
-        vol = self.prepared[sampling].to_input_grid(np.asarray(model_map, dtype=np.float32))
-        arr = vol.array if isinstance(vol, Volume) else np.asarray(vol)
-        if name not in self.sums:
-            self.sums[name] = np.zeros(self.volume.shape, dtype=np.float32)
-        idx = self._index(self.seen_by[sampling])
-        self.sums[name][idx] += arr[idx]
-
-    def volume_of(self, name: str) -> Volume:
-        total = self.sums.pop(name)
-        shape = [1, 1, 1]
-        shape[self.axis] = -1
-        total /= np.maximum(self.count, 1).reshape(shape).astype(np.float32)
-        if self.keep is not None:
-            total[~self.keep] = 0.0
-        return self.volume.with_array(total, kind=name)
-
-    def add_slice_values(self, name: str, sampling: int, values: np.ndarray):
-        n = self.volume.shape[self.axis]
-        total, count = self.slice_sums.setdefault(name, (np.zeros(n), np.zeros(n)))
-        k = np.asarray(self.prepared[sampling].slice_indices, dtype=int)
-        np.add.at(total, k, np.asarray(values, dtype=float))
-        np.add.at(count, k, 1)
-
-    def slice_values_of(self, name: str) -> np.ndarray:
-        """One value per input slice, NaN where no sampling saw the slice."""
-        total, count = self.slice_sums.pop(name)
-        out = np.full(total.shape, np.nan)
-        out[count > 0] = total[count > 0] / count[count > 0]
-        return out
-
-
-def peak_territory(volume: Volume, peak_index, brain=None) -> tuple:
-    """(vascular territory name or None, note or None) at ``peak_index`` (i, j, k) of a head CT.
-
-    Uses the geometric territories (``ACATCore.data.territories``) on the brain mask
-    (``brain``, a canonical :class:`~ACATCore.brain_extraction.BrainMask`; extracted here when None);
-    None with a note when the peak is outside the brain."""
-    from .brain_extraction import extract_brain
-    from .data.territories import territory_at, territory_map
-    from .preprocessing import canonical_axes, to_canonical
-    perm, flip = canonical_axes(volume.direction)
-    if brain is None:
-        canonical = to_canonical(volume)
-        brain = extract_brain(canonical.array, canonical.spacing, check=False)
-    mask = brain.mask
-    kji = (peak_index[2], peak_index[1], peak_index[0])
-    c = [kji[perm[a]] for a in range(3)]
-    c = [mask.shape[a] - 1 - c[a] if flip[a] else c[a] for a in range(3)]
-    if not mask.any():
-        return None, "vascular territory not reported: no brain found in the volume"
-    if not mask[tuple(c)]:
-        return None, "vascular territory not reported: the saliency peak lies outside the brain"
-    try:
-        name = territory_at(territory_map(mask), c)
-        if name is None:
-            return None, "the saliency peak lies in the posterior fossa, outside the six vascular territories"
-        return name, None
-    except ValueError as exc:
-        return None, f"vascular territory not reported: {exc}"
-
-
-# ------------------------------------------------------------------------------------------ batch
-@dataclass
-class BatchItem:
-    name: str
-    input: str
-    result: Optional[AnalysisResult] = None
-    error: Optional[str] = None
-    out: Optional[str] = None
-    seconds: float = 0.0
-    summary: dict = field(default_factory=dict)
-
-
-def analyze_batch(inputs, model="brain", out=None, keep_results: bool = None, on_error: str = "skip",
-                  progress: Optional[Callable] = None, cancel: Optional[threading.Event] = None,
-                  **options) -> list:
-    """Analyse several volumes with one loaded bundle.
-
-    ``inputs``: paths / Volumes / (name, input) pairs. With ``out``, case ``name`` is written to
-    ``out/name`` and results are not kept (``keep_results`` default False) so memory stays flat.
-    ``on_error``: "skip" records the error on the item and goes on; "raise" stops.
-    ``progress(stage, fraction)`` gets "case i/n: stage". Returns a list of :class:`BatchItem`.
-    """
-    if on_error not in ("skip", "raise"):
-        raise ConfigError("on_error must be 'skip' or 'raise'")
-    keep = (out is None) if keep_results is None else keep_results
-    bundle = load_models(model, options.get("device", "auto"))     # loaded once for all cases
-    items = []
-    named = [_case_name(x, i) for i, x in enumerate(inputs)]
-    names = _unique(n for n, _ in named)
-    for i, ((_, src), name) in enumerate(zip(named, names)):
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("analysis cancelled")
-        item = BatchItem(name=name, input=str(src) if not isinstance(src, Volume) else name)
-        case_out = None if out is None else str(Path(out) / name)
-        cb = None
-        if progress is not None:
-            cb = (lambda stage, frac, i=i: progress(f"case {i + 1}/{len(names)}: {stage}",
-                                                    (i + frac) / len(names)))
-        t0 = time.perf_counter()
-        try:
-            res = analyze(src, model=bundle, progress=cb, cancel=cancel, out=case_out, **options)
-            item.summary = result_summary(res)
-            item.out = case_out
-            if keep:
-                item.result = res
-        except Cancelled:
-            raise
-        except ACATError as exc:
-            if on_error == "raise":
-                raise
-            item.error = f"{type(exc).__name__}: {exc}"
-        item.seconds = time.perf_counter() - t0
-        items.append(item)
-    return items
-
-
-def result_summary(result: AnalysisResult) -> dict:
-    """One flat row per analysis (the batch CSV)."""
-    row = {"predicted_class": result.predicted_class,
-           "probability": float(result.probabilities[result.predicted_index])}
-    for n, p in zip(result.class_names, result.probabilities):
-        row[f"p({n})"] = float(p)
-    if result.baseline_probabilities is not None:
-        for n, p in zip(result.class_names, result.baseline_probabilities):
-            row[f"baseline p({n})"] = float(p)
-    row["slices_seen"] = int(len(result.slices_seen))
-    row["slices"] = int(result.input.shape[0])
-    row["peak_lps"] = "" if result.peak_lps is None else " ".join(f"{v:.1f}" for v in result.peak_lps)
-    row["peak_territory"] = result.peak_territory or ""
-    return row
-
-
-def _case_name(x, i):
-    if isinstance(x, tuple) and len(x) == 2:
-        return str(x[0]), x[1]
-    if isinstance(x, (str, os.PathLike)):
-        p = Path(x)
-        name = p.name
-        for ext in (".nii.gz", ".seg.nrrd", ".nrrd", ".nii", ".mha", ".mhd", ".dcm"):
-            if name.lower().endswith(ext):
-                name = name[: -len(ext)]
-                break
-        return name or f"case{i:03d}", x
-    return f"case{i:03d}", x
-
-
-def _unique(names):
-    """Safe, distinct folder names (also on a case-insensitive file system): a, a_1, a_2, ...,
-    never one that another case has as its own name, never ``summary.csv``."""
-    safe = ["".join(c if (c.isalnum() or c in "-_.") else "_" for c in n).strip(".") or "case" for n in names]
-    natural = {s.lower() for s in safe}
-    taken, out = set(), []
-    for base in safe:
-        name, n = base, 0
-        while name.lower() in taken or name.lower() == "summary.csv" or (name != base and name.lower() in natural):
-            n += 1
-            name = f"{base}_{n}"
-        taken.add(name.lower())
-        out.append(name)
-    return out

@@ -375,3 +375,67 @@ def prepare(volume: Volume, spec: dict, offset: float = 0.0, brain=None) -> Prep
     return Prepared(tensor=tensor, slice_indices=np.asarray(slice_indices, dtype=np.int64), input=volume,
                     canonical=canonical, canonical_indices=ks, perm=perm, flip=flip, spec=spec,
                     offset=float(offset), midline=midline, warnings=notes, box=box, brain=brain)
+
+
+class SliceMerger:
+    """Maps per-sampling model-grid maps back onto the input grid and merges the samplings as
+    they come: each input slice takes its values from the samplings that saw it (mean if several);
+    slices that no sampling saw stay zero (slice values: NaN). Slices are counted along the input
+    axis the model sampled (``Prepared.slice_axis``; axis k for an axial scan)."""
+
+    def __init__(self, volume: Volume, prepared: list):
+        self.volume = volume
+        self.prepared = prepared
+        self.axis = int(prepared[0].slice_axis)
+        n = volume.shape[self.axis]
+        self.count = np.zeros(n, dtype=np.int32)
+        self.seen_by = []
+        for p in prepared:
+            mask = np.zeros(n, dtype=bool)
+            mask[np.asarray(p.slice_indices, dtype=int)] = True
+            self.seen_by.append(mask)
+            self.count += mask
+        self.sums = {}
+        self.slice_sums = {}
+        self.keep = None
+
+    def restrict_to(self, mask: np.ndarray):
+        """Maps are zero outside ``mask`` (input grid), e.g. outside the brain."""
+        self.keep = np.asarray(mask, dtype=bool)
+
+    def _index(self, mask):
+        index = [slice(None)] * 3
+        index[self.axis] = mask
+        return tuple(index)
+
+    def add(self, name: str, sampling: int, model_map: np.ndarray):
+        """``model_map`` (S, H, W) of sampling ``sampling`` on the model grid."""
+        vol = self.prepared[sampling].to_input_grid(np.asarray(model_map, dtype=np.float32))
+        arr = vol.array if isinstance(vol, Volume) else np.asarray(vol)
+        if name not in self.sums:
+            self.sums[name] = np.zeros(self.volume.shape, dtype=np.float32)
+        idx = self._index(self.seen_by[sampling])
+        self.sums[name][idx] += arr[idx]
+
+    def volume_of(self, name: str) -> Volume:
+        total = self.sums.pop(name)
+        shape = [1, 1, 1]
+        shape[self.axis] = -1
+        total /= np.maximum(self.count, 1).reshape(shape).astype(np.float32)
+        if self.keep is not None:
+            total[~self.keep] = 0.0
+        return self.volume.with_array(total, kind=name)
+
+    def add_slice_values(self, name: str, sampling: int, values: np.ndarray):
+        n = self.volume.shape[self.axis]
+        total, count = self.slice_sums.setdefault(name, (np.zeros(n), np.zeros(n)))
+        k = np.asarray(self.prepared[sampling].slice_indices, dtype=int)
+        np.add.at(total, k, np.asarray(values, dtype=float))
+        np.add.at(count, k, 1)
+
+    def slice_values_of(self, name: str) -> np.ndarray:
+        """One value per input slice, NaN where no sampling saw the slice."""
+        total, count = self.slice_sums.pop(name)
+        out = np.full(total.shape, np.nan)
+        out[count > 0] = total[count > 0] / count[count > 0]
+        return out

@@ -203,7 +203,7 @@ def test_brain_head_ct_reports_territory_or_says_why(tmp_path):
 def test_peak_territory_finds_the_lesion_territory():
     """A saliency peak placed inside a synthetic lesion is reported in that lesion's territory."""
     from ACATCore.data.synth import make_case
-    from ACATCore.pipeline import peak_territory
+    from ACATCore.data.territories import peak_territory
     case = make_case("brain", 0, 1, 2, "IS-4")
     head = Volume(case["image"], spacing=case["spacing"], origin=case["origin"])
     lesion = case["lesions"][0]

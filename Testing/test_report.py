@@ -10,8 +10,9 @@ import pytest
 
 from ACATCore.errors import ACATError
 from ACATCore.io import read_volume
-from ACATCore.report import (AtomicFolder, check_output_folder, load_schema, make_panels, make_report,
-                             result_to_json, save_result, validate_json, write_summary_csv)
+from ACATCore.outputs import AtomicFolder, check_output_folder
+from ACATCore.report import (load_schema, make_panels, make_report, result_to_json, save_result, validate_json,
+                             write_summary_csv)
 from ACATCore.result import ATTENTION_NAMES, AnalysisResult
 from ACATCore.volume import Volume
 from pipeline_helpers import chest_ct_path, geometry_equal
@@ -202,7 +203,7 @@ def test_atomic_folder_keeps_a_symlink_and_cleans_stale_temporaries(tmp_path):
 
 
 def test_output_checks_before_any_work(tmp_path):
-    from ACATCore.report import check_output_overlap
+    from ACATCore.outputs import check_output_overlap
     (tmp_path / "file").write_text("x")
     with pytest.raises(ACATError, match="is a file"):
         check_output_folder(tmp_path / "file" / "out")

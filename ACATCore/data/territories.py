@@ -95,3 +95,32 @@ def territory_volume(volume):
     canonical = to_canonical(volume)
     labels = territory_map(extract_brain(canonical.array, canonical.spacing, check=False).mask)
     return volume.with_array(from_canonical(labels, perm, flip), kind="territories")
+
+
+def peak_territory(volume, peak_index, brain=None) -> tuple:
+    """(vascular territory name or None, note or None) at ``peak_index`` (i, j, k) of a head CT.
+
+    Uses the geometric territories (``ACATCore.data.territories``) on the brain mask
+    (``brain``, a canonical :class:`~ACATCore.brain_extraction.BrainMask`; extracted here when None);
+    None with a note when the peak is outside the brain."""
+    from ..brain_extraction import extract_brain
+    from ..preprocessing import canonical_axes, to_canonical
+    perm, flip = canonical_axes(volume.direction)
+    if brain is None:
+        canonical = to_canonical(volume)
+        brain = extract_brain(canonical.array, canonical.spacing, check=False)
+    mask = brain.mask
+    kji = (peak_index[2], peak_index[1], peak_index[0])
+    c = [kji[perm[a]] for a in range(3)]
+    c = [mask.shape[a] - 1 - c[a] if flip[a] else c[a] for a in range(3)]
+    if not mask.any():
+        return None, "vascular territory not reported: no brain found in the volume"
+    if not mask[tuple(c)]:
+        return None, "vascular territory not reported: the saliency peak lies outside the brain"
+    try:
+        name = territory_at(territory_map(mask), c)
+        if name is None:
+            return None, "the saliency peak lies in the posterior fossa, outside the six vascular territories"
+        return name, None
+    except ValueError as exc:
+        return None, f"vascular territory not reported: {exc}"
