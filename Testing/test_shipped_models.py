@@ -7,7 +7,6 @@ config that made the bundle), so this checks the shipped weights, not the benchm
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,11 +91,10 @@ def test_shipped_brain_classifier_finds_territorial_infarcts_on_unseen_heads():
 
 def test_acat_analyze_finds_the_sample_heads_left_lesion(tmp_path):
     """The product path on the shipped sample head: ACAT says "left" and its saliency peak lies in the
-    lesion's territory (training/make_sample_head.py picked the head; the lesion mask is regenerated)."""
+    lesion's territory (training.make_sample_head picked the head; the lesion mask is regenerated)."""
     from ACATCore.io import read_volume
     from ACATCore.pipeline import analyze
-    sys.path.insert(0, str(REPO / "training"))
-    import make_sample_head
+    from training import make_sample_head
     volume = read_volume(REPO / "Resources" / "data" / "ACATSampleHeadCT.nrrd")
     index = next(i for i in range(10) if np.array_equal(make_sample_head.candidate(i)[0].array, volume.array))
     case = make_sample_head.candidate(index)[1]

@@ -19,12 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "training"))
+from ACATCore.errors import ACATError, ConfigError
+from training import augment, cards, config, data, evaluate as E, loop, tables
+from training.runtime import Runtime, setup_runtime, shutdown
 
-import common as C  # noqa: E402
-import evaluate as E  # noqa: E402
-from ACATCore.errors import ACATError, ConfigError  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -78,6 +77,11 @@ def tiny_config(datalist: Path, out: Path, **extra) -> dict:
     return cfg
 
 
+def resolved(cfg: dict) -> dict:
+    """A config dict as load_config makes it: the defaults under it, validated."""
+    return config.validate_config(config.merge(config.DEFAULTS, cfg))
+
+
 def write_config(cfg: dict, path: Path) -> Path:
     path.write_text(json.dumps(cfg))
     return path
@@ -100,75 +104,74 @@ def free_port() -> int:
 # ------------------------------------------------------------------------------------------------
 def test_bad_config_values_raise_config_error(tmp_path, toy_datalist):
     with pytest.raises(ConfigError, match="unknown config key 'baseline.epoch'"):
-        C.load_config(overrides=["baseline.epoch=3"])
+        config.load_config(overrides=["baseline.epoch=3"])
     with pytest.raises(ConfigError, match="task must be"):
-        C.load_config(overrides=["task=heart"])
+        config.load_config(overrides=["task=heart"])
     with pytest.raises(ConfigError, match="data.split"):
-        C.load_config(overrides=["data.split=[0.5,0.5,0.5]"])
+        config.load_config(overrides=["data.split=[0.5,0.5,0.5]"])
     with pytest.raises(ConfigError, match="multiples of 4"):
-        C.load_config(overrides=["data.preprocessing={\"size\": [30, 32]}"])
+        config.load_config(overrides=["data.preprocessing={\"size\": [30, 32]}"])
     with pytest.raises(ConfigError, match="not found"):
-        C.load_config(str(tmp_path / "nope.json"))
+        config.load_config(str(tmp_path / "nope.json"))
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
-        C.load_config(str(bad))
+        config.load_config(str(bad))
     with pytest.raises(ConfigError, match="unknown competitor"):
-        C.load_config(overrides=['competitors=["resnet"]'])
-    rt = C.Runtime(device=torch.device("cpu"), world_size=2)
+        config.load_config(overrides=['competitors=["resnet"]'])
+    rt = Runtime(device=torch.device("cpu"), world_size=2)
     with pytest.raises(ConfigError, match="multiple of processes"):
-        C.epoch_batches(10, 3, 0, 0, rt)
+        loop.epoch_batches(10, 3, 0, 0, rt)
 
 
 def test_synth_options_reach_the_generator_and_the_cache(tmp_path):
     """data.synth_options makes that variant of ACAT-Synth; a changed option regenerates the data."""
     with pytest.raises(ConfigError, match="do not apply to the lung task"):
-        C.load_config(overrides=['data.synth_options={"contrast_hu": [5, 9]}'])
+        config.load_config(overrides=['data.synth_options={"contrast_hu": [5, 9]}'])
     with pytest.raises(ConfigError, match="unknown ACAT-Synth option"):
-        C.load_config(overrides=['data.synth_options={"involvment": [0.1, 0.2]}'])
-    cfg = C.load_config(overrides=["data.n=4", f"out_dir={json.dumps(str(tmp_path))}",
+        config.load_config(overrides=['data.synth_options={"involvment": [0.1, 0.2]}'])
+    cfg = config.load_config(overrides=["data.n=4", f"out_dir={json.dumps(str(tmp_path))}",
                                    'data.synth_options={"involvement": [0.2, 0.3]}',
                                    'data.preprocessing={"slices": 4, "size": [32, 32]}'])
-    rt = C.Runtime(device=torch.device("cpu"))
-    datalist = json.loads(C.datalist_path(cfg).read_text())
+    rt = Runtime(device=torch.device("cpu"))
+    datalist = json.loads(data.datalist_path(cfg).read_text())
     assert datalist["options"] == {"involvement": [0.2, 0.3]}
     positives = [i for part in ("training", "validation", "test") for i in datalist[part] if i["label"]]
     assert positives and all(i["involvement"] >= 0.2 for i in positives)
-    key = json.loads((C.prepare_dataset(cfg, rt) / "meta.json").read_text())["key"]
+    key = json.loads((data.prepare_dataset(cfg, rt) / "meta.json").read_text())["key"]
     cfg["data"]["synth_options"] = {"involvement": [0.05, 0.1]}
-    datalist = json.loads(C.datalist_path(cfg).read_text())
+    datalist = json.loads(data.datalist_path(cfg).read_text())
     assert datalist["options"] == {"involvement": [0.05, 0.1]}
-    assert json.loads((C.prepare_dataset(cfg, rt) / "meta.json").read_text())["key"] != key
-    card = C.model_card(cfg, "baseline", 0, {"train": [1], "val": [1], "test": [1]}, {})
+    assert json.loads((data.prepare_dataset(cfg, rt) / "meta.json").read_text())["key"] != key
+    card = cards.model_card(cfg, "baseline", 0, {"train": [1], "val": [1], "test": [1]}, {})
     assert '"involvement": [0.05, 0.1]' in card["data"]["description"]
 
 
 def test_script_reports_bad_config_in_one_line(tmp_path):
     cfg = write_config({"task": "lung", "baseline": {"epochs": 0}}, tmp_path / "c.json")
-    r = subprocess.run([sys.executable, str(REPO / "training" / "train_baseline.py"),
-                        "--config", str(cfg)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "training.train_baseline", "--config", str(cfg)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == \
         "error: baseline.epochs must be a positive integer, not 0"
 
 
 def test_missing_data_is_a_clear_error(tmp_path, toy_datalist):
-    cfg = C.validate_config(C._merge(C.DEFAULTS, tiny_config(tmp_path / "nothing.json",
-                                                             tmp_path / "run")))
-    rt = C.Runtime(device=torch.device("cpu"))
+    cfg = resolved(tiny_config(tmp_path / "nothing.json", tmp_path / "run"))
+    rt = Runtime(device=torch.device("cpu"))
     with pytest.raises(ACATError, match="datalist .* not found"):
-        C.load_splits(cfg, rt, 0)
+        data.load_splits(cfg, rt, 0)
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"training": [{"image": "missing.nii.gz", "label": 0}]}))
     cfg["data"]["datalist"] = str(broken)
     with pytest.raises(ACATError, match="missing.nii.gz .* does not exist"):
-        C.load_splits(cfg, rt, 0)
+        data.load_splits(cfg, rt, 0)
 
 
 def test_baseline_that_does_not_fit_is_refused(tmp_path, toy_datalist):
     from ACATCore.models import build_model
-    from train_acat import build_from_baseline
-    cfg = C.validate_config(C._merge(C.DEFAULTS, tiny_config(toy_datalist, tmp_path)))
+    from training.train_acat import build_from_baseline
+    cfg = resolved(tiny_config(toy_datalist, tmp_path))
     lung = build_model("lung_resnet50", block_inplanes=[4, 8, 8, 8], layers=[1, 1, 1, 1])
     card = {"task": "lung", "model_config": lung.config}
     net, how = build_from_baseline(cfg, "acat", lung, card)      # fits: both branches copied
@@ -183,13 +186,13 @@ def test_baseline_that_does_not_fit_is_refused(tmp_path, toy_datalist):
     with pytest.raises(ConfigError):                                 # a brain baseline for lung
         build_from_baseline(cfg, "acat", brain, {"task": "brain", "model_config": brain.config})
     with pytest.raises(ACATError, match="not found"):
-        C.load_final(tmp_path / "seed0" / "baseline" / "model.safetensors", "baseline")
+        cards.load_final(tmp_path / "seed0" / "baseline" / "model.safetensors", "baseline")
 
 
 def test_competitors_start_from_the_baseline(tmp_path, toy_datalist):
     from ACATCore.models import build_model
-    from train_acat import build_from_baseline
-    cfg = C.validate_config(C._merge(C.DEFAULTS, tiny_config(toy_datalist, tmp_path)))
+    from training.train_acat import build_from_baseline
+    cfg = resolved(tiny_config(toy_datalist, tmp_path))
     lung = build_model("lung_resnet50", block_inplanes=[4, 8, 8, 8], layers=[1, 1, 1, 1])
     card = {"task": "lung", "model_config": lung.config}
     x = torch.rand(1, 4, 1, 32, 32)
@@ -215,31 +218,31 @@ def test_competitors_start_from_the_baseline(tmp_path, toy_datalist):
 # determinism, resume, DDP
 # ------------------------------------------------------------------------------------------------
 def test_batches_are_the_same_on_any_number_of_processes():
-    one = C.Runtime(device=torch.device("cpu"))
-    two = [C.Runtime(device=torch.device("cpu"), rank=r, world_size=2) for r in range(2)]
-    single = C.epoch_batches(13, 4, 7, 3, one, micro_batches=2)
-    shards = [C.epoch_batches(13, 4, 7, 3, rt) for rt in two]
+    one = Runtime(device=torch.device("cpu"))
+    two = [Runtime(device=torch.device("cpu"), rank=r, world_size=2) for r in range(2)]
+    single = loop.epoch_batches(13, 4, 7, 3, one, micro_batches=2)
+    shards = [loop.epoch_batches(13, 4, 7, 3, rt) for rt in two]
     for step, chunks in enumerate(single):
         assert [c.tolist() for c in chunks] == [shards[r][step][0].tolist() for r in range(2)]
-    seen = np.concatenate([c for chunks in C.epoch_batches(13, 4, 7, 3, one) for c in chunks])
+    seen = np.concatenate([c for chunks in loop.epoch_batches(13, 4, 7, 3, one) for c in chunks])
     assert sorted(seen.tolist()) == list(range(13))
-    assert not np.array_equal(np.concatenate(C.epoch_batches(13, 4, 7, 4, one)[0]),
-                              np.concatenate(C.epoch_batches(13, 4, 7, 3, one)[0]))
+    assert not np.array_equal(np.concatenate(loop.epoch_batches(13, 4, 7, 4, one)[0]),
+                              np.concatenate(loop.epoch_batches(13, 4, 7, 3, one)[0]))
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path, toy_datalist):
-    from train_baseline import train_baseline
+    from training.train_baseline import train_baseline
     epochs = 6
     # uninterrupted reference, in this process
-    ref_cfg = C.validate_config(C._merge(C.DEFAULTS, tiny_config(
-        toy_datalist, tmp_path / "ref", baseline={"epochs": epochs})))
-    rt = C.setup_runtime(ref_cfg)
+    ref_cfg = resolved(tiny_config(
+        toy_datalist, tmp_path / "ref", baseline={"epochs": epochs}))
+    rt = setup_runtime(ref_cfg)
     train_baseline(ref_cfg, 0, rt)
     # the same run in a subprocess, killed (SIGKILL) once a checkpoint exists, then resumed
     cfg = tiny_config(toy_datalist, tmp_path / "killed", baseline={"epochs": epochs})
     path = write_config(cfg, tmp_path / "killed.json")
-    script = [sys.executable, str(REPO / "training" / "train_baseline.py"), "--config", str(path)]
-    proc = subprocess.Popen(script, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    script = [sys.executable, "-m", "training.train_baseline", "--config", str(path)]
+    proc = subprocess.Popen(script, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "killed" / "seed0" / "baseline" / "checkpoint_last.pt"
     deadline = time.time() + 120
     while not last.exists() and time.time() < deadline and proc.poll() is None:
@@ -249,7 +252,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, toy_datalist):
     assert last.exists(), "the run never wrote a checkpoint"
     stopped = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
     assert stopped < epochs - 1, "the run finished before it was killed"
-    r = subprocess.run(script + ["--resume"], capture_output=True, text=True, timeout=180)
+    r = subprocess.run(script + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
     assert f"resumed from {last} at epoch {stopped + 1}" in r.stdout
     a = params(tmp_path / "ref" / "seed0" / "baseline" / "checkpoint_last.pt")
@@ -264,15 +267,13 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, toy_datalist):
 def _ddp_worker(rank, world, port, cfg_path):
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    sys.path.insert(0, str(REPO / "training"))
-    import common
-    from train_baseline import train_baseline
-    cfg = common.load_config(cfg_path)
-    rt = common.setup_runtime(cfg)
+    from training.train_baseline import train_baseline
+    cfg = config.load_config(cfg_path)
+    rt = setup_runtime(cfg)
     try:
         train_baseline(cfg, 0, rt)
     finally:
-        common.shutdown(rt)
+        shutdown(rt)
 
 
 def test_two_process_ddp_matches_one_process(tmp_path, toy_datalist):
@@ -284,9 +285,9 @@ def test_two_process_ddp_matches_one_process(tmp_path, toy_datalist):
                       baseline={"batch_size": 8, "micro_batches": 2, "epochs": 2})
     two = tiny_config(toy_datalist, tmp_path / "two", baseline={"batch_size": 8, "epochs": 2})
     # the data cache is prepared once here so that the workers only train
-    cfg_one = C.validate_config(C._merge(C.DEFAULTS, one))
-    from train_baseline import train_baseline
-    train_baseline(cfg_one, 0, C.setup_runtime(cfg_one))
+    cfg_one = resolved(one)
+    from training.train_baseline import train_baseline
+    train_baseline(cfg_one, 0, setup_runtime(cfg_one))
     mp.start_processes(_ddp_worker, args=(2, free_port(), str(write_config(two, tmp_path / "two.json"))),
                        nprocs=2, join=True, start_method="spawn")
     a = params(tmp_path / "one" / "seed0" / "baseline" / "checkpoint_last.pt")
@@ -307,11 +308,11 @@ def test_two_process_ddp_matches_one_process(tmp_path, toy_datalist):
 # ------------------------------------------------------------------------------------------------
 def test_algorithm1_end_to_end(tmp_path, toy_datalist):
     from ACATCore.checkpoint import load_bundle, load_model
-    from run_algorithm1 import run_algorithm1
-    from export_bundle import export_bundle
-    cfg = C.validate_config(C._merge(C.DEFAULTS, tiny_config(
-        toy_datalist, tmp_path / "run", dropout_control=[0.5], limited_data=[4])))
-    rt = C.setup_runtime(cfg)
+    from training.run_algorithm1 import run_algorithm1
+    from training.export_bundle import export_bundle
+    cfg = resolved(tiny_config(
+        toy_datalist, tmp_path / "run", dropout_control=[0.5], limited_data=[4]))
+    rt = setup_runtime(cfg)
     written = run_algorithm1(cfg, rt)
     root = tmp_path / "run" / "seed0"
     for stage in ("baseline", "autoencoder", "acat", "dropout0.5"):
@@ -349,50 +350,50 @@ def test_tables_on_known_inputs(tmp_path):
         {"model": "acat", "seed": 0, "y": [0, 0, 1, 1], "pred": [1, 0, 1, 0], "size": [0, 0, 3, 3],
          "n_train": None},
     ]
-    header, rows = E.table_accuracy(recs)
+    header, rows = tables.table_accuracy(recs)
     assert header == ["Model", "Accuracy", "Seeds"]
     # baseline: 75 % and 100 %: mean 87.5 %, SE = std([.75, 1], ddof=1)/sqrt(2) = 12.5 %
     assert rows == [["Baseline", "87.50% (12.50)", "2"], ["ACAT", "50.00%", "1"]]
-    _, rows = E.table_by_size(recs)
+    _, rows = tables.table_by_size(recs)
     assert rows[0] == ["Baseline", "100.00% (0.00)", "100.00% (0.00)", "50.00% (50.00)", "-",
                        "100.00% (0.00)"]
     assert rows[1] == ["ACAT", "50.00%", "-", "-", "50.00%", "-"]
-    _, rows = E.table_sens_spec(recs)
+    _, rows = tables.table_sens_spec(recs)
     # acat: positives {2, 3}: one found -> 50 %; negatives {0, 1}: one right -> 50 %
     assert rows[1] == ["ACAT", "50.00%", "50.00%", "50.00%"]
     assert rows[0][2] == "100.00% (0.00)"     # 'left' called for 'right' still counts as detected
     sal = [{"method": "counterfactual", "seed": 0, "hit": [1, 1, 0, 1], "iou": [.5, .5], "dice": [.6, .8]},
            {"method": "gradcam", "seed": 0, "hit": [0, 0, 0, 1], "iou": [.1, .3], "dice": [.2, .2]}]
-    _, rows = E.table_saliency(sal, ("hit",))
+    _, rows = tables.table_saliency(sal, ("hit",))
     assert rows[0][1] == "75.00% (25.00)" and rows[1][1] == "25.00% (25.00)" and rows[0][2] == "4"
-    _, rows = E.table_saliency(sal, ("iou", "dice"), pct=False)
+    _, rows = tables.table_saliency(sal, ("iou", "dice"), pct=False)
     assert rows[0][1:3] == ["0.5000 (0.0000)", "0.7000 (0.1000)"]
     two_seeds = sal + [{"method": "counterfactual", "seed": 1, "hit": [0, 0], "iou": [.1],
                         "dice": [.1]}]
-    _, rows = E.table_saliency(two_seeds, ("hit",))
+    _, rows = tables.table_saliency(two_seeds, ("hit",))
     assert rows[0][1] == "37.50% (37.50)"    # per-seed means .75 and 0: SE over seeds
     var = [{"model": "baseline", "noised": False, "seed": 0, "variances": [1.0, 2.0]},
            {"model": "acat", "noised": False, "seed": 0, "variances": [0.5, 0.25]},
            {"model": "baseline", "noised": True, "seed": 0, "variances": [4.0, 8.0]}]
-    header, rows = E.table_variances(var)
+    header, rows = tables.table_variances(var)
     assert rows == [["sigma^2,1", "1.000", "0.500", "4.000", "-"],
                     ["sigma^2,2", "2.000", "0.250", "8.000", "-"]]
     lim = [{"model": "baseline", "seed": 0, "y": [0, 1], "pred": [0, 1], "n_train": 50},
            {"model": "baseline", "seed": 0, "y": [0, 1], "pred": [0, 0], "n_train": 100},
            {"model": "acat", "seed": 0, "y": [0, 1], "pred": [1, 0], "n_train": 50}]
-    header, rows = E.table_limited(lim)
+    header, rows = tables.table_limited(lim)
     assert header == ["Model", "50 scans", "100 scans"]
     assert rows == [["Baseline", "100.00%", "50.00%"], ["ACAT", "0.00%", "-"]]
     drop = [{"model": "dropout0.6", "seed": 0, "y": [1], "pred": [1]},
             {"model": "baseline", "seed": 0, "y": [1], "pred": [0]},
             {"model": "dropout0.2", "seed": 0, "y": [1], "pred": [0]}]
-    _, rows = E.table_dropout(drop)
+    _, rows = tables.table_dropout(drop)
     assert [r[0] for r in rows] == ["Baseline", "Baseline + feature dropout p=0.2",
                                     "Baseline + feature dropout p=0.6"]
-    md = E.write_table(tmp_path, "t", "T", E.table_limited(lim), "note")
+    md = tables.write_table(tmp_path, "t", "T", tables.table_limited(lim), "note")
     assert md.splitlines()[2] == "| Model | 50 scans | 100 scans |"
     assert (tmp_path / "t.csv").read_text().splitlines()[1] == "Baseline,100.00%,50.00%"
-    assert math.isnan(E.mean_se([])[0])
+    assert math.isnan(tables.mean_se([])[0])
 
 
 def test_energy_in_lesion():
@@ -422,13 +423,13 @@ def test_augmentation_moves_image_and_saliency_together_and_keeps_the_background
     x[:, :, :, 8:20, 6:14] = 0.5                                   # a "brain" on a zero background
     batch = {"x": x.clone(), "saliency": x.clone(), "y": torch.zeros(3, dtype=torch.long)}
     spatial = {"prob": 1.0, "rotate_deg": 15, "scale": 0.1, "translate": 0.1}
-    out = C.augment_batch(dict(batch), spatial, [4, 7, 9], seed=0, epoch=1)
+    out = augment.augment_batch(dict(batch), spatial, [4, 7, 9], seed=0, epoch=1)
     assert not torch.equal(out["x"], x)
     assert torch.allclose(out["x"], out["saliency"])                # one transform for both
-    again = C.augment_batch(dict(batch), spatial, [4, 7, 9], seed=0, epoch=1)
+    again = augment.augment_batch(dict(batch), spatial, [4, 7, 9], seed=0, epoch=1)
     assert torch.equal(again["x"], out["x"])                        # seeded: a resume repeats it
-    intensity = C.augment_batch(dict(batch), {"prob": 0.0, "gain": 0.1, "offset": 0.05, "noise": 0.02},
+    intensity = augment.augment_batch(dict(batch), {"prob": 0.0, "gain": 0.1, "offset": 0.05, "noise": 0.02},
                                 [4, 7, 9], seed=0, epoch=1)
     assert (intensity["x"][x == 0] == 0).all()                      # outside the brain stays 0
     assert not torch.equal(intensity["x"][x > 0], x[x > 0])
-    assert C.augment_batch(dict(batch), None, [4, 7, 9], 0, 1)["x"] is batch["x"]
+    assert augment.augment_batch(dict(batch), None, [4, 7, 9], 0, 1)["x"] is batch["x"]

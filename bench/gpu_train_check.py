@@ -5,7 +5,7 @@
 
 For each model (lung ResNet-50 and lung ACAT at 11 x 128 x 128; brain MTL and brain ACAT at
 11 x 400 x 500; the autoencoder on 128 slices) it runs `--steps` optimiser steps of the training
-loop of training/common.py (Adam, class-weighted cross-entropy, batch 8 volumes) on random inputs
+loop of training/loop.py (Adam, class-weighted cross-entropy, batch 8 volumes) on random inputs
 and prints volumes (or slices) per second after `--warmup` steps, and the peak GPU memory. A
 prepared check for a GPU machine: it prints a table and asserts nothing.
 """

@@ -1,28 +1,29 @@
 """Export one seed's models as a model bundle (what ACATCore.checkpoint.load_bundle reads).
 
-    python training/export_bundle.py --config training/configs/lung_synth_cpu.json --seed 0 \
+    python -m training.export_bundle --config training/configs/lung_synth_cpu.json --seed 0 \
         --dest Resources/models/lung
 
 Writes classifier.safetensors (the baseline), autoencoder.safetensors and acat.safetensors, each
 with its model card; the cards gain the test-set metrics from evaluate.py's predictions when
-they exist (run evaluate.py first for complete cards).
+they exist (run training.evaluate first for complete cards).
 """
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common as C  # noqa: E402
+from training.cards import load_final
+from training.config import base_parser, config_from_args
+from training.data import run_dir
+from training.runtime import run_main
 
 PARTS = (("classifier", "baseline"), ("autoencoder", "autoencoder"), ("acat", "acat"))
 
 
 def test_metrics(cfg: dict, seed: int, key: str) -> dict:
-    """Accuracy, sensitivity and specificity on the test split, from evaluate.py's predictions."""
+    """Accuracy, sensitivity and specificity on the test split, from evaluate's predictions."""
     path = Path(cfg["out_dir"]) / "tables" / "predictions" / f"seed{seed}_{key}.csv"
     if not path.exists():
         return {}
@@ -36,12 +37,13 @@ def test_metrics(cfg: dict, seed: int, key: str) -> dict:
 
 
 def export_bundle(cfg: dict, seed: int, dest) -> Path:
+    """Write the bundle into `dest`, check that it loads; returns `dest`."""
     from ACATCore.checkpoint import load_model, save_model
     dest = Path(dest)
-    root = C.run_dir(cfg, seed)
+    root = run_dir(cfg, seed)
     for part, key in PARTS:
         src = root / key / "model.safetensors"
-        model, card = C.load_final(src, key)
+        model, card = load_final(src, key)
         card = {k: card[k] for k in ("task", "class_names", "preprocessing", "data", "metrics",
                                      "intended_use", "created") if k in card}
         card["metrics"] = {**card.get("metrics", {}), **test_metrics(cfg, seed, key)}
@@ -51,12 +53,12 @@ def export_bundle(cfg: dict, seed: int, dest) -> Path:
 
 
 def main(argv=None):
-    ap = C.base_parser(__doc__.splitlines()[0])
+    ap = base_parser(__doc__.splitlines()[0])
     ap.add_argument("--dest", required=True, help="bundle folder, e.g. Resources/models/lung")
     args = ap.parse_args(argv)
-    cfg = C.config_from_args(args)
+    cfg = config_from_args(args)
     print(export_bundle(cfg, args.seed, args.dest))
 
 
 if __name__ == "__main__":
-    C.run_main(main)
+    run_main(main)

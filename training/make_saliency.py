@@ -1,7 +1,7 @@
 """Steps 2-4 of Algorithm 1: counterfactual saliency maps for every volume of the data set.
 
-    python training/make_saliency.py --config training/configs/lung_synth_cpu.json --seed 0
-    torchrun --nproc_per_node 4 training/make_saliency.py --config ... --seed 0
+    python -m training.make_saliency --config training/configs/lung_synth_cpu.json --seed 0
+    torchrun --nproc_per_node 4 -m training.make_saliency --config ... --seed 0
 
 For each volume x: z = E(x); minimise g(z) = CE(f(D(z)), t) + alpha |z - E(x)|_1 by gradient
 descent towards each class t (20 steps, alpha 100 by default); the map is the mean over classes of
@@ -16,19 +16,20 @@ saliency/<split>.npy (float16, the split's volume order) and <split>_index.npy.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common as C  # noqa: E402
+from training.cards import load_final
+from training.config import base_parser, config_from_args
+from training.data import DataSet, load_splits, run_dir
+from training.runtime import Runtime, run_main, started
 
 
 def saliency_maps(classifier, autoencoder, x: torch.Tensor, cfg: dict, method: str = None,
                   **extra) -> torch.Tensor:
-    """(B, S, 1, H, W) maps in [0, 1] with the configured method and options."""
+    """(B, S, 1, H, W) maps in [0, 1] by `method` (default: saliency.method, with its options)."""
     from ACATCore.saliency import compute_saliency
     scfg = cfg["saliency"]
     method = method or scfg["method"]
@@ -37,62 +38,69 @@ def saliency_maps(classifier, autoencoder, x: torch.Tensor, cfg: dict, method: s
     return compute_saliency(method, classifier, x, autoencoder=autoencoder, **opts)
 
 
-def make_saliency(cfg: dict, seed: int, rt: C.Runtime, root=None, classifier_path=None,
+def write_parts(clf, ae, ds: DataSet, parts: Path, cfg: dict, rt: Runtime):
+    """This rank's maps of `ds` not yet on disk, one parts/<index>.npy each, written atomically."""
+    from tqdm import tqdm
+    bs = int(cfg["saliency"]["batch_size"])
+    mine = [p for p in range(len(ds)) if p % rt.world_size == rt.rank]
+    todo = [p for p in mine if not (parts / f"{ds.indices[p]}.npy").exists()]
+    rt.log(f"[saliency] {parts.name}: {len(ds)} volumes, {len(mine) - len(todo)} already done "
+           f"(rank 0), {rt.world_size} process(es)")
+    for start in tqdm(range(0, len(todo), bs), desc=f"saliency {parts.name}", leave=False,
+                      disable=not rt.progress):
+        pos = todo[start:start + bs]
+        x = ds.get(pos)["x"].to(rt.device)
+        maps = saliency_maps(clf, ae, x, cfg)      # float32: small latent steps need it
+        maps = maps.float().cpu().numpy().astype(np.float16)
+        for p, m in zip(pos, maps):
+            tmp = parts / f".{ds.indices[p]}.tmp{os.getpid()}.npy"
+            np.save(tmp, m)
+            os.replace(tmp, parts / f"{ds.indices[p]}.npy")
+
+
+def assemble(ds: DataSet, parts: Path, out: Path, name: str):
+    """out/<name>.npy (the split's maps in its volume order) and out/<name>_index.npy."""
+    first = np.load(parts / f"{ds.indices[0]}.npy")
+    arr = np.lib.format.open_memmap(out / f".{name}.tmp.npy", mode="w+", dtype=np.float16,
+                                    shape=(len(ds), *first.shape))
+    for p, g in enumerate(ds.indices):
+        arr[p] = np.load(parts / f"{g}.npy")
+    arr.flush()
+    del arr
+    np.save(out / f"{name}_index.npy", ds.indices)
+    os.replace(out / f".{name}.tmp.npy", out / f"{name}.npy")
+
+
+def make_saliency(cfg: dict, seed: int, rt: Runtime, root=None, classifier_path=None,
                   autoencoder_path=None, splits=None) -> Path:
-    root = Path(root) if root else C.run_dir(cfg, seed)
+    """The maps of every split under <root>/saliency (root: the seed's folder); returns that folder.
+    The classifier defaults to root's baseline, the autoencoder to the seed's."""
+    root = Path(root) if root else run_dir(cfg, seed)
     out = root / "saliency"
     classifier_path = classifier_path or root / "baseline" / "model.safetensors"
-    autoencoder_path = autoencoder_path or C.run_dir(cfg, seed) / "autoencoder" / "model.safetensors"
-    clf, _ = C.load_final(classifier_path, "baseline classifier")
-    ae, _ = C.load_final(autoencoder_path, "autoencoder")
+    autoencoder_path = autoencoder_path or run_dir(cfg, seed) / "autoencoder" / "model.safetensors"
+    clf, _ = load_final(classifier_path, "baseline classifier")
+    ae, _ = load_final(autoencoder_path, "autoencoder")
     clf, ae = clf.to(rt.device).eval(), ae.to(rt.device).eval()
-    splits = splits or C.load_splits(cfg, rt, seed)
-    bs = int(cfg["saliency"]["batch_size"])
-    from tqdm import tqdm
+    splits = splits or load_splits(cfg, rt, seed)
     for name, ds in splits.items():
         parts = out / "parts" / name
         parts.mkdir(parents=True, exist_ok=True)
-        mine = [p for p in range(len(ds)) if p % rt.world_size == rt.rank]
-        todo = [p for p in mine if not (parts / f"{ds.indices[p]}.npy").exists()]
-        rt.log(f"[saliency] {name}: {len(ds)} volumes, {len(mine) - len(todo)} already done "
-               f"(rank 0), {rt.world_size} process(es)")
-        for start in tqdm(range(0, len(todo), bs), desc=f"saliency {name}", leave=False,
-                          disable=not rt.progress):
-            pos = todo[start:start + bs]
-            x = ds.get(pos)["x"].to(rt.device)
-            maps = saliency_maps(clf, ae, x, cfg)      # float32: small latent steps need it
-            maps = maps.float().cpu().numpy().astype(np.float16)
-            for p, m in zip(pos, maps):
-                dst = parts / f"{ds.indices[p]}.npy"
-                tmp = parts / f".{ds.indices[p]}.tmp{os.getpid()}.npy"
-                np.save(tmp, m)
-                os.replace(tmp, dst)
+        write_parts(clf, ae, ds, parts, cfg, rt)
         rt.barrier()
         if rt.is_main:
-            first = np.load(parts / f"{ds.indices[0]}.npy")
-            arr = np.lib.format.open_memmap(out / f".{name}.tmp.npy", mode="w+", dtype=np.float16,
-                                            shape=(len(ds), *first.shape))
-            for p, g in enumerate(ds.indices):
-                arr[p] = np.load(parts / f"{g}.npy")
-            arr.flush()
-            del arr
-            np.save(out / f"{name}_index.npy", ds.indices)
-            os.replace(out / f".{name}.tmp.npy", out / f"{name}.npy")
+            assemble(ds, parts, out, name)
         rt.barrier()
     rt.log(f"[saliency] wrote {out}")
     return out
 
 
 def main(argv=None):
-    ap = C.base_parser(__doc__.splitlines()[0])
-    args = ap.parse_args(argv)
-    cfg = C.config_from_args(args)
-    rt = C.setup_runtime(cfg)
-    try:
+    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    cfg = config_from_args(args)
+    with started(cfg) as rt:
         make_saliency(cfg, args.seed, rt)
-    finally:
-        C.shutdown(rt)
 
 
 if __name__ == "__main__":
-    C.run_main(main)
+    run_main(main)

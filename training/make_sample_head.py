@@ -1,6 +1,6 @@
 """Make the shipped sample head CT (Resources/data/ACATSampleHeadCT.nrrd) and check a bundle finds its lesion.
 
-    python training/make_sample_head.py [--bundle brain] [--dest Resources/data/ACATSampleHeadCT.nrrd]
+    python -m training.make_sample_head [--bundle brain] [--dest Resources/data/ACATSampleHeadCT.nrrd]
 
 The sample is one ACAT-Synth head with a left-sided territorial infarct (the demo variant's options
 and, to look like a clinical head CT, 5 mm slices with the scan's usual head holder). Case indices

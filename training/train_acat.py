@@ -1,10 +1,10 @@
 """Step 5 of Algorithm 1: fine-tune ACAT (or a competitor) from the baseline, with saliency maps.
 
-    python training/train_acat.py --config training/configs/lung_synth_cpu.json --seed 0
-    python training/train_acat.py --config ... --seed 0 --model smic     # a competitor (Table 2)
-    torchrun --nproc_per_node 4 training/train_acat.py --config ... --seed 0 [--resume]
+    python -m training.train_acat --config training/configs/lung_synth_cpu.json --seed 0
+    python -m training.train_acat --config ... --seed 0 --model smic     # a competitor (Table 2)
+    torchrun --nproc_per_node 4 -m training.train_acat --config ... --seed 0 [--resume]
 
-Needs the baseline (train_baseline.py) and the saliency maps (make_saliency.py) of the same seed.
+Needs the baseline (train_baseline) and the saliency maps (make_saliency) of the same seed.
 Both branches of ACAT (and the heads) start from the baseline's weights (paper Appendix C); a
 baseline that does not fit the model is an error, never a silent start from random weights. The
 competitors SMIC, SalClassNet, HSM (saliency-aided), SpAtt and SeAtt start from the baseline too;
@@ -14,20 +14,24 @@ cross-entropy, flips (the saliency map is flipped with its image).
 """
 from __future__ import annotations
 
-import sys
+import dataclasses
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common as C  # noqa: E402
-from ACATCore.errors import ConfigError  # noqa: E402
+from ACATCore.errors import ConfigError
+from training.cards import build, load_final, model_card, save_stage
+from training.classifier import fit_classifier
+from training.config import COMPETITORS, HyperParams, base_parser, config_from_args
+from training.data import attach_saliency, load_splits, run_dir
+from training.runtime import Runtime, derive_seed, run_main, seed_everything, started
 
 TRUNK_KEYS = ("widths", "pool_layers", "block_inplanes", "layers")
 
 
 def build_from_baseline(cfg: dict, model: str, baseline, baseline_card: dict):
-    """Build `model` ("acat" or a competitor) with the baseline's trunk, initialised from it."""
+    """(net, how it was initialised): `model` ("acat" or a competitor) built with the baseline's
+    trunk and initialised from its weights (ViT, or acat.init_from_baseline false: random)."""
     name = cfg["acat"]["model"] if model == "acat" else model
     trunk = {k: v for k, v in baseline_card.get("model_config", baseline.config).items()
              if k in TRUNK_KEYS}
@@ -38,13 +42,14 @@ def build_from_baseline(cfg: dict, model: str, baseline, baseline_card: dict):
         extra = {**trunk, **cfg["acat"]["model_config"]}
     else:
         extra = {**trunk, **cfg["competitor_config"].get(model, {})}
-    net = C.build(name, extra, cfg)
+    net = build(name, extra, cfg["task"])
     if baseline_card.get("task") not in (None, cfg["task"]):
         raise ConfigError(f"the baseline was trained for task {baseline_card.get('task')!r}, "
                           f"this config is for {cfg['task']!r}")
-    if name == "vit" or not cfg["acat"]["init_from_baseline"]:
-        return net, "random initialisation (ViT has no convolutional baseline)" \
-            if name == "vit" else "random initialisation (acat.init_from_baseline is false)"
+    if name == "vit":
+        return net, "random initialisation (ViT has no convolutional baseline)"
+    if not cfg["acat"]["init_from_baseline"]:
+        return net, "random initialisation (acat.init_from_baseline is false)"
     kept = net.init_from_baseline(baseline)   # raises ConfigError when the families differ
     kept = [k for k in kept if not _widen_input(net, baseline, k)]
     missed = [k for k in kept if k.startswith(("trunk.", "sal_trunk.", "heads."))]
@@ -69,56 +74,50 @@ def _widen_input(net, baseline, key: str) -> bool:
     return True
 
 
-def train_acat(cfg: dict, seed: int, rt: C.Runtime, model: str = "acat", resume: bool = False,
+def train_acat(cfg: dict, seed: int, rt: Runtime, model: str = "acat", resume: bool = False,
                root=None, baseline_path=None) -> Path:
-    root = Path(root) if root else C.run_dir(cfg, seed)
+    """Fine-tune `model` under root (default: the seed's folder) from root's baseline (or
+    `baseline_path`); returns the path of its model file."""
+    root = Path(root) if root else run_dir(cfg, seed)
     folder = root / model
-    hp = dict(cfg["acat"])
+    hp = HyperParams.from_config(cfg["acat"])
     if model == "vit":        # from scratch: the baseline's schedule, not the fine-tuning one
-        hp.update({k: cfg["baseline"][k] for k in ("lr", "epochs")})
-    baseline_path = baseline_path or root / "baseline" / "model.safetensors"
-    baseline, bcard = C.load_final(baseline_path, "baseline")
-    splits = C.load_splits(cfg, rt, seed)
-    C.seed_everything(C.derive_seed("init", seed, model))
+        hp = dataclasses.replace(hp, lr=cfg["baseline"]["lr"], epochs=cfg["baseline"]["epochs"])
+    baseline, bcard = load_final(baseline_path or root / "baseline" / "model.safetensors",
+                                 "baseline")
+    splits = load_splits(cfg, rt, seed)
+
+    seed_everything(derive_seed("init", seed, model))
     net, init = build_from_baseline(cfg, model, baseline, bcard)
     needs_saliency = bool(getattr(net, "needs_saliency", False))
     if needs_saliency:
-        C.attach_saliency(cfg, seed, splits, root=root)
+        attach_saliency(cfg, seed, splits, root=root)
     rt.log(f"[{model}] seed {seed}: {net.model_name} from {init}; {len(splits['train'])} training "
-           f"volumes, {hp['epochs']} epochs, lr {hp['lr']:g}, {rt.world_size} process(es)")
-    stage = C.classifier_stage(model, cfg, hp, splits, seed, net.num_classes, needs_saliency, rt)
-    net, metrics, best_epoch = C.fit(net, stage, splits, hp, cfg, rt, folder, seed,
-                                     resume=resume)
-    path = folder / "model.safetensors"
-    if rt.is_main:
-        card = C.model_card(cfg, model, seed, splits,
-                            {"val_accuracy": metrics.get("accuracy"), "best_epoch": best_epoch},
-                            extra={"initialised_from": init,
-                                   "saliency": {"method": cfg["saliency"]["method"],
-                                                "options": cfg["saliency"]["options"],
-                                                "classifier": "baseline", "autoencoder": "autoencoder"}
-                                   if needs_saliency else None})
-        C.save_final(net, path, card)
-        rt.log(f"[{model}] saved {path}")
-    rt.barrier()
-    return path
+           f"volumes, {hp.epochs} epochs, lr {hp.lr:g}, {rt.world_size} process(es)")
+
+    net, metrics = fit_classifier(net, model, cfg, hp, splits, rt, folder=folder, seed=seed,
+                                  resume=resume, needs_saliency=needs_saliency)
+
+    saliency = {"method": cfg["saliency"]["method"], "options": cfg["saliency"]["options"],
+                "classifier": "baseline", "autoencoder": "autoencoder"}
+    card = model_card(cfg, model, seed, splits, metrics,
+                      extra={"initialised_from": init,
+                             "saliency": saliency if needs_saliency else None})
+    return save_stage(net, folder, card, rt)
 
 
 def main(argv=None):
-    ap = C.base_parser(__doc__.splitlines()[0])
-    ap.add_argument("--model", default="acat", choices=["acat"] + C.COMPETITORS,
+    ap = base_parser(__doc__.splitlines()[0])
+    ap.add_argument("--model", default="acat", choices=["acat"] + COMPETITORS,
                     help="acat (default) or a competitor of Table 2")
     ap.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
     ap.add_argument("--baseline", help="baseline model file (default: the seed's baseline)")
     args = ap.parse_args(argv)
-    cfg = C.config_from_args(args)
-    rt = C.setup_runtime(cfg)
-    try:
+    cfg = config_from_args(args)
+    with started(cfg) as rt:
         train_acat(cfg, args.seed, rt, model=args.model, resume=args.resume,
                    baseline_path=args.baseline)
-    finally:
-        C.shutdown(rt)
 
 
 if __name__ == "__main__":
-    C.run_main(main)
+    run_main(main)
