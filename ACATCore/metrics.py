@@ -1,8 +1,8 @@
-"""Evaluation metrics of the paper (Sec. 4.3-4.6, App. G-I) and two standard saliency checks.
+"""Evaluation metrics of the paper (Sec. 4.3-4.6, App. G-I).
 
 Saliency localisation: hit score (pointing game, Zhang et al. 2018), IoU / Dice with dynamic
-percentile binarisation (Viviano et al. 2019, Cohen et al. 2021), deletion / insertion AUC (RISE,
-Petsiuk et al. 2018), cascading model randomisation (Adebayo et al. 2018).
+percentile binarisation (Viviano et al. 2019, Cohen et al. 2021). Deletion / insertion AUC and the
+randomisation check are saliency evaluation: ``ACATCore.saliency.faithfulness``.
 Classification: accuracy, accuracy by group (infarct size, Table 1), sensitivity / specificity
 (Table 7), mean and standard error over runs. Robustness: pre-activation variance per layer (Table 3).
 
@@ -10,8 +10,7 @@ Arrays may be numpy arrays or torch tensors; results are Python floats / dicts.
 """
 from __future__ import annotations
 
-import copy
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
@@ -80,9 +79,9 @@ def binarise_dynamic(saliency, mask_fraction: float, sigma: Optional[float] = No
 
 
 def iou_dice(saliency, mask, sigma: Optional[float] = None, use_abs: bool = True) -> tuple:
-    """(IoU, Dice) of the dynamically binarised saliency against the boolean mask.
-
-    An empty mask gives (nan, nan): the score is undefined (skip it with np.nanmean)."""
+    """(IoU, Dice) of the dynamically binarised saliency against the boolean mask (MONAI's
+    ``compute_iou`` / ``compute_dice``). An empty mask gives (nan, nan): skip it with np.nanmean."""
+    from monai.metrics import compute_dice, compute_iou
     m = _np(mask).astype(bool)
     s = _np(saliency)
     if s.size != m.size:
@@ -90,10 +89,9 @@ def iou_dice(saliency, mask, sigma: Optional[float] = None, use_abs: bool = True
     s = s.reshape(m.shape)
     if not m.any():
         return float("nan"), float("nan")
-    pred = binarise_dynamic(s, m.mean(), sigma=sigma, use_abs=use_abs)
-    inter = np.logical_and(pred, m).sum()
-    union = np.logical_or(pred, m).sum()
-    return float(inter / union), float(2 * inter / (pred.sum() + m.sum()))
+    pred = torch.from_numpy(binarise_dynamic(s, m.mean(), sigma=sigma, use_abs=use_abs))[None, None].float()
+    truth = torch.from_numpy(m)[None, None].float()
+    return float(compute_iou(pred, truth)), float(compute_dice(pred, truth))
 
 
 # ----------------------------------------------------------------------------- classification
@@ -115,21 +113,24 @@ def accuracy_by_group(y_true, y_pred, groups) -> dict:
 
 def sensitivity_specificity(y_true, y_pred, negative: int = 0) -> tuple:
     """(sensitivity, specificity) with every class other than ``negative`` counted as positive (brain:
-    any lesion; lung: class 1). A prediction of the wrong positive class still counts as detected.
-    NaN where there are no positives / negatives."""
+    any lesion; lung: class 1), by MONAI's confusion matrix. A prediction of the wrong positive class
+    still counts as detected. NaN where there are no positives / negatives."""
+    from monai.metrics import compute_confusion_matrix_metric, get_confusion_matrix
     t, p = _np(y_true).reshape(-1) != negative, _np(y_pred).reshape(-1) != negative
-    sens = float((p & t).sum() / t.sum()) if t.any() else float("nan")
-    spec = float((~p & ~t).sum() / (~t).sum()) if (~t).any() else float("nan")
-    return sens, spec
+    if t.shape != p.shape:
+        raise InputError(f"sensitivity/specificity: {t.shape[0]} labels but {p.shape[0]} predictions")
+    matrix = get_confusion_matrix(torch.from_numpy(p)[None, None].float(), torch.from_numpy(t)[None, None].float())
+    return tuple(float(compute_confusion_matrix_metric(name, matrix)) for name in ("sensitivity", "specificity"))
 
 
 def mean_sem(values) -> tuple:
-    """(mean, standard error = sample std (ddof 1) / sqrt(n)) over runs; sem is NaN for one run."""
+    """(mean, standard error = sample std (ddof 1) / sqrt(n), scipy's ``sem``) over the finite values
+    (NaN runs, e.g. a constant map's correlation, are left out); sem is NaN for one value."""
     v = _np(values).astype(np.float64).reshape(-1)
+    v = v[np.isfinite(v)]
     if v.size == 0:
         return float("nan"), float("nan")
-    sem = float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")
-    return float(v.mean()), sem
+    return float(v.mean()), float(stats.sem(v)) if v.size > 1 else float("nan")
 
 
 # ----------------------------------------------------------------------------- robustness
@@ -178,81 +179,4 @@ def preactivation_variance(model: nn.Module, inputs: Iterable, layers: Optional[
         else:
             a = torch.cat([o.reshape(o.shape[0], -1) for o in outs])
             out[n] = float(a.var(0, unbiased=False).mean())
-    return out
-
-
-# ----------------------------------------------------------------------------- faithfulness
-def deletion_insertion(fn: Callable, x: torch.Tensor, saliency: torch.Tensor, target, steps: int = 20,
-                       deletion_baseline="zeros", insertion_baseline="blur", batch_size: int = 8) -> dict:
-    """Deletion and insertion AUC (RISE) for B volumes: voxels are removed from x (deletion, replaced
-    by the baseline) or added to the baseline (insertion) from the most salient down, in ``steps``
-    equal chunks; the AUC of the target-class probability over the fraction [0, 1] (trapezoid).
-    Lower deletion AUC and higher insertion AUC mean a more faithful map.
-
-    ``fn(x) -> logits (B, K)``; ``target``: int or one per volume; baselines: "zeros", "blur"
-    (in-plane Gaussian sigma 5) or a tensor of x's shape. Returns {"deletion": (B,), "insertion": (B,),
-    "deletion_curve": (B, steps+1), "insertion_curve": (B, steps+1)} as numpy arrays."""
-    from .saliency._common import gaussian_smooth
-
-    def base(kind):
-        if isinstance(kind, torch.Tensor):
-            return kind.to(x).expand_as(x)
-        if kind == "zeros":
-            return torch.zeros_like(x)
-        if kind == "blur":
-            return gaussian_smooth(x, 5.0)
-        raise ConfigError(f"deletion_insertion: unknown baseline {kind!r}")
-
-    B = x.shape[0]
-    n = x[0].numel()
-    t = torch.as_tensor(target, dtype=torch.long).reshape(-1).expand(B) if np.ndim(_np(target)) == 0 \
-        else torch.as_tensor(target, dtype=torch.long)
-    order = torch.argsort(saliency.reshape(B, -1).float(), dim=1, descending=True, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(n).expand(B, n).contiguous())
-    counts = [round(k * n / steps) for k in range(steps + 1)]
-    result = {}
-    for name, start, end in (("deletion", x, base(deletion_baseline)), ("insertion", base(insertion_baseline), x)):
-        curve = torch.zeros(B, steps + 1)
-        for b in range(B):
-            frames = torch.stack([torch.where((rank[b] < c).reshape(x.shape[1:]), end[b], start[b])
-                                  for c in counts])
-            probs = []
-            with torch.no_grad():
-                for i in range(0, len(frames), batch_size):
-                    probs.append(torch.softmax(fn(frames[i:i + batch_size]), 1)[:, t[b]].float().cpu())
-            curve[b] = torch.cat(probs)
-        frac = np.array(counts, dtype=np.float64) / n
-        result[name] = np.trapezoid(curve.numpy(), frac, axis=1)
-        result[name + "_curve"] = curve.numpy()
-    return result
-
-
-def model_randomisation_check(model: nn.Module, saliency_fn: Callable, seed: int = 0,
-                              layers: Optional[Sequence[str]] = None) -> list:
-    """Cascading model randomisation (Adebayo et al. 2018). From the output layer down, the parameters
-    of one more layer are re-initialised (on a copy of the model) and the map recomputed; each step
-    reports the Spearman rank correlation of |map| with the original |map|. A map that does not
-    decorrelate does not depend on what the model learned.
-
-    ``saliency_fn(model) -> map`` (any shape); ``layers``: module names, top first (default: every
-    module holding parameters of its own, in reverse registration order).
-    Returns [{"layer": name, "spearman": rho}, ...]."""
-    original = _np(saliency_fn(model)).reshape(-1)
-    randomised = copy.deepcopy(model)
-    modules = dict(randomised.named_modules())
-    if layers is None:
-        layers = [n for n, m in modules.items() if n and any(True for _ in m.parameters(recurse=False))][::-1]
-    torch.manual_seed(seed)
-    out = []
-    for name in layers:
-        m = modules[name]
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-        else:
-            for p in m.parameters(recurse=False):
-                nn.init.normal_(p, std=0.02)
-        current = _np(saliency_fn(randomised)).reshape(-1)
-        rho = stats.spearmanr(np.abs(original), np.abs(current)).statistic
-        out.append({"layer": name, "spearman": float(rho) if np.isfinite(rho) else float("nan")})
     return out

@@ -40,6 +40,19 @@ FORMATS = {"nrrd": ".nrrd", "nifti": ".nii.gz"}
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "analysis_result.schema.json"
 
 
+def load_matplotlib(agg: bool = False):
+    """matplotlib (``agg``: switched to its file-only backend); an ACATError naming the ``report`` extra
+    when it is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ACATError("the report needs matplotlib: pip install 'ACATCore[report]', or analyse without "
+                        "a report (--no-report, report=False)") from None
+    if agg:
+        matplotlib.use("Agg", force=False)
+    return matplotlib
+
+
 # ----------------------------------------------------------------------------------- saving
 def slug(name: str) -> str:
     s = "".join(c.lower() if c.isalnum() else "_" for c in str(name)).strip("_")
@@ -157,12 +170,12 @@ def load_schema() -> dict:
 
 def validate_json(doc, schema: dict | None = None) -> list:
     """Errors of ``doc`` against the result JSON Schema (or ``schema``), one message each, each naming
-    the path of the offending value; empty when valid. Uses the ``jsonschema`` package (a test extra:
-    ACAT writes result.json without needing it)."""
+    the path of the offending value; empty when valid. Needs ``jsonschema`` (the ``report`` extra);
+    writing result.json does not."""
     try:
         import jsonschema
-    except ImportError as exc:
-        raise ACATError("validating result.json needs the jsonschema package: pip install jsonschema") from exc
+    except ImportError:
+        raise ACATError("validating result.json needs jsonschema: pip install 'ACATCore[report]'") from None
     schema = load_schema() if schema is None else schema
     validator = jsonschema.Draft202012Validator(schema)
     return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(doc)]
@@ -206,8 +219,7 @@ def ct_rgb(ct_slice: np.ndarray, window) -> np.ndarray:
 def overlay(rgb: np.ndarray, values: np.ndarray, cmap: str = "jet", alpha: float = 0.45,
             vmin: float = 0.0, vmax: float = 1.0, mask=None) -> np.ndarray:
     """``rgb`` with ``values`` blended on top in colour map ``cmap`` (where ``mask``, default everywhere)."""
-    import matplotlib
-    colours = matplotlib.colormaps[cmap]
+    colours = load_matplotlib().colormaps[cmap]
     v = np.clip((np.asarray(values, dtype=np.float32) - vmin) / max(vmax - vmin, 1e-12), 0, 1)
     col = colours(v)[..., :3]
     a = np.full(v.shape, alpha, dtype=np.float32) if mask is None else np.where(mask, alpha, 0.0)
@@ -300,14 +312,14 @@ def make_panels(result: AnalysisResult, k: int | None = None) -> dict:
 
 
 def _save_rgb(path: Path, rgb: np.ndarray):
+    load_matplotlib()
     import matplotlib.pyplot as plt
     plt.imsave(str(path), np.clip(rgb, 0, 1))
 
 
 def make_report(result: AnalysisResult, folder, files: dict | None = None) -> Path:
     """PNG figures (paper Fig. 2/3 style) and ``index.html`` in ``folder``. Returns the HTML path."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
+    load_matplotlib(agg=True)
     import matplotlib.pyplot as plt
 
     folder = Path(folder)

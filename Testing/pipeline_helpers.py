@@ -1,7 +1,7 @@
 """Tiny ACAT model bundles and real CT paths for the pipeline, CLI and report tests.
 
-Until the shipped demo weights exist (and to keep the tests fast), the tests build tiny, untrained
-models of the real architectures and save them as a real bundle with ``save_model``.
+To keep the tests fast and independent of the shipped weights, the tests build tiny, untrained models
+of the real architectures and save them as a real bundle with ``save_model``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ACATCore.checkpoint import save_model
-from ACATCore.models import build_model
+from ACATCore.models import build_model, calibrate_batchnorm
 from toy import single_thread as one_thread  # noqa: F401  (one torch thread in tests)
 
 LUNG_CLASSES = ["normal", "findings"]
@@ -50,10 +50,10 @@ def make_bundle(folder, task: str = "lung", size=None, slices: int = 11, seed: i
     # gradients: counterfactuals would not move). Set the BatchNorm statistics from real CT, so
     # that the tiny nets respond to the image like trained ones do.
     x = _calibration_batch(preprocessing)
-    _calibrate(classifier, [x])
-    _calibrate(autoencoder, [x.reshape(-1, 1, *x.shape[-2:])])
+    calibrate_batchnorm(classifier, [x])
+    calibrate_batchnorm(autoencoder, [x.reshape(-1, 1, *x.shape[-2:])])
     acat.init_from_baseline(classifier)
-    _calibrate(acat, [(x, torch.rand_like(x))])
+    calibrate_batchnorm(acat, [(x, torch.rand_like(x))])
     card = {"task": task, "class_names": classes, "preprocessing": preprocessing,
             "data": {"description": "untrained tiny test model"}}
     save_model(classifier, folder / "classifier.safetensors", card)
@@ -68,18 +68,6 @@ def _calibration_batch(preprocessing) -> torch.Tensor:
     x = prepare(read_volume(chest_ct_path()), preprocessing).tensor[None]
     g = torch.Generator().manual_seed(1)
     return torch.cat([x, x.flip(-1), (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)])
-
-
-def _calibrate(model, batches):
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None              # cumulative average over the calibration batches
-    model.train()
-    with torch.no_grad():
-        for b in batches:
-            model(*b) if isinstance(b, tuple) else model(b)
-    model.eval()
 
 
 def geometry_equal(a, b, exact: bool = True, tol: float = 1e-5) -> bool:

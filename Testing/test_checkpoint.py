@@ -83,7 +83,7 @@ def test_card_contents(saved):
     assert card["schema_version"] == SCHEMA_VERSION
     assert card["model_name"] == "acat_lung" and card["model_config"] == model.config
     assert card["sha256"] == sha256_of(path)
-    assert card["class_names"] == ["normal", "abnormal"] and card["preprocessing"] == PREP
+    assert card["class_names"] == ["normal", "findings"] and card["preprocessing"] == PREP
     assert sorted(os.listdir(path.parent)) == ["acat.json", "acat.safetensors"]  # no temp files left
     assert os.stat(path).st_mode & 0o044  # readable by others: bundles are shared
 
@@ -112,7 +112,7 @@ def test_missing_files(saved, tmp_path):
         load_model(path)
 
 
-def test_tampered_weights(saved):
+def test_corrupted_weights(saved):
     _, path, _ = saved
     data = bytearray(path.read_bytes())
     data[-5] ^= 0x01  # one bit of one weight

@@ -1,39 +1,14 @@
-"""Datalists (JSON, CSV, MosMed layout), stratified splits and the cached dataset."""
+"""Datalists (JSON, CSV, MosMed layout) and stratified splits."""
 import json
+import os
 from collections import Counter
+from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-from ACATCore.data import load_datalist, mosmed_datalist, mosmed_items, save_datalist, stratified_split
-from ACATCore.data.datasets import CTDataset
-from ACATCore.errors import InputError
-from ACATCore.io import write_volume
-from ACATCore.volume import Volume
-
-SPEC = {"window": [-1000, 400], "slices": 5, "size": [32, 32], "orientation": "LPS-axial", "midline": None}
-
-
-def small_ct(seed, lesion=False) -> Volume:
-    rng = np.random.default_rng(seed)
-    array = np.full((9, 40, 40), -1000.0, np.float32)
-    array[:, 5:35, 5:35] = -800 + rng.normal(0, 20, (9, 30, 30))
-    if lesion:
-        array[3:6, 10:20, 10:20] = -100
-    return Volume(array.astype(np.int16), spacing=(1.0, 1.0, 4.0))
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cts")
-    items = []
-    for n in range(6):
-        ct = small_ct(n, lesion=n % 2 == 1)
-        write_volume(ct, root / f"ct{n}.nii.gz")
-        write_volume(ct.with_array((ct.array > -500).astype(np.uint8)), root / f"mask{n}.nrrd")
-        items.append({"image": f"ct{n}.nii.gz", "mask": f"mask{n}.nrrd", "label": n % 2})
-    return root, items
+from ACATCore.data import (all_items, image_paths, load_datalist, mosmed_datalist, mosmed_items, save_datalist,
+                           stratified_split)
+from ACATCore.errors import ACATError, InputError
 
 
 def test_stratified_split_proportions_determinism_and_disjointness():
@@ -96,39 +71,77 @@ def test_mosmed_layout_binary_task(tmp_path):
         mosmed_items(tmp_path)
 
 
-@pytest.mark.parametrize("cache", ["memory", "disk", None])
-def test_dataset_returns_model_inputs_labels_and_masks(files, tmp_path, cache):
-    root, items = files
-    items = [{**item, "image": str(root / item["image"]), "mask": str(root / item["mask"])} for item in items]
-    dataset = CTDataset(items, SPEC, cache=cache, cache_dir=tmp_path / "cache")
-    assert len(dataset) == 6 and dataset.labels() == [0, 1, 0, 1, 0, 1]
-    x, label, extras = dataset[1]
-    assert x.shape == (5, 1, 32, 32) and x.dtype == torch.float32
-    assert 0 <= float(x.min()) and float(x.max()) <= 1
-    assert int(label) == 1 and extras["mask"].shape == (5, 1, 32, 32)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=3)
-    xb, yb, eb = next(iter(loader))
-    assert xb.shape == (3, 5, 1, 32, 32) and yb.tolist() == [0, 1, 0] and eb["mask"].shape == (3, 5, 1, 32, 32)
-    if cache == "disk":                                                    # cached on first access
-        assert len(list((tmp_path / "cache").iterdir())) == 3
-        assert len([dataset[i] for i in range(6)]) == 6
-        assert len(list((tmp_path / "cache").iterdir())) == 6
+def test_one_reader_for_training_and_batches(tmp_path):
+    """Every section (extra keys too), bare paths, BOM and Latin-1 bytes; image_paths for the CLI batch."""
+    (tmp_path / "list.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({
+        "class_names": ["normal", "findings"],
+        "training": [{"image": "a.nrrd", "label": 0}, {"image": "b.nrrd", "label": "1"}],
+        "extra": [{"image": "/abs/c.nrrd", "label": 1, "regions": "r.nrrd"}]}).encode())
+    items = all_items(tmp_path / "list.json")
+    assert [i["image"] for i in items] == [str(tmp_path / "a.nrrd"), str(tmp_path / "b.nrrd"), "/abs/c.nrrd"]
+    assert [i["label"] for i in items] == [0, 1, 1] and items[2]["regions"] == str(tmp_path / "r.nrrd")
+    (tmp_path / "paths.json").write_text(json.dumps(["a.nrrd", "a.nrrd", "", "b\u0000.nrrd", "/abs/c.nrrd"]))
+    assert image_paths(tmp_path / "paths.json") == [tmp_path / "a.nrrd", Path("/abs/c.nrrd")]
+    with pytest.raises(InputError, match="label"):
+        all_items(tmp_path / "paths.json")
+    (tmp_path / "l1.csv").write_bytes("caf\xe9.nrrd\nb.nrrd\n".encode("latin-1"))   # no header, not UTF-8
+    paths = image_paths(tmp_path / "l1.csv")
+    assert [p.name for p in paths][1] == "b.nrrd"
+    assert os.fsencode(paths[0].name) == "caf\xe9.nrrd".encode("latin-1")
+    (tmp_path / "empty.json").write_text(json.dumps({"test": [{"image": 5}, {"image": None}]}))
+    with pytest.raises(InputError, match="image"):
+        image_paths(tmp_path / "empty.json")
+    (tmp_path / "deep.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(InputError, match="nested too deeply"):
+        image_paths(tmp_path / "deep.json")
 
 
-def test_dataset_saliency_files_and_augment(files, tmp_path):
-    root, items = files
-    saliency = np.random.default_rng(0).random((5, 32, 32)).astype(np.float32)
-    np.save(tmp_path / "sal.npy", saliency)
-    item = {"image": str(root / items[0]["image"]), "label": 0, "saliency": str(tmp_path / "sal.npy")}
+def test_top_level_list_is_the_training_section(tmp_path):
+    (tmp_path / "list.json").write_text(json.dumps([{"image": "a.nrrd", "label": 1}]))
+    assert load_datalist(tmp_path / "list.json") == [{"image": str(tmp_path / "a.nrrd"), "label": 1}]
+    assert [i["label"] for i in all_items(tmp_path / "list.json")] == [1]
 
-    def flip(x, label, extras):
-        return x.flip(-1), label, {k: v.flip(-1) for k, v in extras.items()}
 
-    x, label, extras = CTDataset([item], SPEC, cache="memory")[0]
-    np.testing.assert_allclose(extras["saliency"][:, 0].numpy(), saliency)
-    xf, _, extras_f = CTDataset([item], SPEC, cache="memory", augment=flip)[0]
-    torch.testing.assert_close(xf, x.flip(-1))
-    torch.testing.assert_close(extras_f["saliency"], extras["saliency"].flip(-1))
-    np.save(tmp_path / "wrong.npy", saliency[:3])
-    with pytest.raises(InputError, match="saliency"):
-        CTDataset([{**item, "saliency": str(tmp_path / "wrong.npy")}], SPEC, cache=None)[0]
+def test_decathlon_unlabeled_test_list_is_skipped_and_stray_entries_are_rejected(tmp_path):
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "name": "Task", "numTraining": 1, "labels": {"0": "background"},
+        "training": [{"image": "imagesTr/a.nii.gz", "label": 1}], "test": ["imagesTs/x.nii.gz"]}))
+    sections = load_datalist(tmp_path / "dataset.json", section=None)
+    assert sections["test"] == [] and len(sections["training"]) == 1
+    assert [i["image"] for i in all_items(tmp_path / "dataset.json")] == [str(tmp_path / "imagesTr/a.nii.gz")]
+    assert tmp_path / "imagesTs/x.nii.gz" in image_paths(tmp_path / "dataset.json")   # a batch still sees it
+    (tmp_path / "mixed.json").write_text(json.dumps({"training": [{"image": "a.nrrd", "label": 0}, "b.nrrd", 3]}))
+    with pytest.raises(InputError, match=r"item 1 of 'training' is \"b.nrrd\""):
+        all_items(tmp_path / "mixed.json")
+
+
+def test_train_and_val_section_names_and_pooled_extra_keys(tmp_path):
+    (tmp_path / "list.json").write_text(json.dumps({
+        "train": [{"image": "a.nrrd", "label": 0}], "val": [{"image": "b.nrrd", "label": 1}],
+        "holdout": [{"image": "c.nrrd", "label": 1}]}))
+    assert [i["image"] for i in load_datalist(tmp_path / "list.json", "training")] == [str(tmp_path / "a.nrrd")]
+    assert [i["label"] for i in load_datalist(tmp_path / "list.json", "val")] == [1]
+    assert [Path(i["image"]).name for i in all_items(tmp_path / "list.json")] == ["a.nrrd", "b.nrrd", "c.nrrd"]
+    (tmp_path / "list.csv").write_text("image,label,split\nx.nrrd,0,train\ny.nrrd,1,val\n")
+    sections = load_datalist(tmp_path / "list.csv", section=None)
+    assert [len(sections[n]) for n in ("training", "validation", "test")] == [1, 1, 0]
+
+
+def test_region_and_territories_paths_are_resolved(tmp_path):
+    (tmp_path / "list.json").write_text(json.dumps({"training": [
+        {"image": "a.nrrd", "label": 1, "region": "r.nrrd", "territories": "sub/t.nrrd"}]}))
+    item = load_datalist(tmp_path / "list.json")[0]
+    assert item["region"] == str(tmp_path / "r.nrrd") and item["territories"] == str(tmp_path / "sub/t.nrrd")
+
+
+def test_training_reader_checks_images_and_labels(tmp_path):
+    from training.data import read_datalist
+    (tmp_path / "a.nrrd").write_bytes(b"")
+    (tmp_path / "ok.json").write_text(json.dumps({"train": [{"image": "a.nrrd", "label": "1"}], "test": ["x.nrrd"]}))
+    assert read_datalist(tmp_path / "ok.json") == [{"image": str(tmp_path / "a.nrrd"), "label": 1}]
+    (tmp_path / "seg.json").write_text(json.dumps([{"image": "a.nrrd", "label": "labelsTr/a.nii.gz"}]))
+    with pytest.raises(ACATError, match="not a class index"):
+        read_datalist(tmp_path / "seg.json")
+    (tmp_path / "gone.json").write_text(json.dumps([{"image": "b.nrrd", "label": 0}]))
+    with pytest.raises(ACATError, match="does not exist"):
+        read_datalist(tmp_path / "gone.json")

@@ -69,6 +69,19 @@ def test_module_requirements_list_only_what_slicer_lacks():
     assert dependencies.missing_all() == []          # this test environment has them all
 
 
+def test_module_requirements_have_pyproject_bounds():
+    """pyproject.toml is the one place of the version bounds; the module (no pyproject in a Slicer
+    extension) repeats them for torch and the requirements file."""
+    import tomllib
+    from packaging.requirements import Requirement
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {Requirement(r).name.lower(): Requirement(r).specifier
+                for r in project["dependencies"] + sum(project["optional-dependencies"].values(), [])}
+    for requirement in dependencies.read_requirements() + [dependencies.TORCH_REQUIREMENT]:
+        req = Requirement(requirement)
+        assert req.specifier == declared[req.name.lower()], f"{requirement} differs from pyproject.toml"
+
+
 def test_testing_mode_never_installs(missing_monai):
     slicer, calls = stand_in_slicer(testing=True)
     with pytest.raises(DependenciesMissing, match="Testing mode") as info:

@@ -58,20 +58,14 @@ def datalist_path(cfg: dict) -> Path:
 
 
 def read_datalist(path: Path) -> list:
-    """Every entry of a datalist (its training, validation and test sections pooled, in that order),
-    paths absolute, each image checked to exist. Reading is ACATCore.data.datalists.load_datalist's."""
-    from ACATCore.data.datalists import load_datalist
-    sections = load_datalist(path, section=None)
-    entries = [e for name in ("training", "validation", "test") for e in sections[name]]
-    if not entries:
-        raise ACATError(f"datalist {path} lists no volumes")
-    base = Path(path).parent
+    """Every item of a datalist (ACATCore.data.datalists.all_items: all sections pooled in file order,
+    paths absolute), each with an integer class label and an image that exists."""
+    from ACATCore.data.datalists import all_items
+    entries = all_items(path)
     for e in entries:
-        if "image" not in e or "label" not in e:
-            raise ACATError(f"datalist {path}: every entry needs 'image' and 'label'; got {sorted(e)}")
-        for key in ("region", "territories"):    # region keys load_datalist leaves relative
-            if isinstance(e.get(key), str) and not Path(e[key]).is_absolute():
-                e[key] = str(base / e[key])
+        if not isinstance(e["label"], int) or isinstance(e["label"], bool):
+            raise ACATError(f"datalist {path}: label {e['label']!r} of {e['image']} is not a class index; "
+                            "labels are integers (0 = negative)")
         if not Path(e["image"]).exists():
             raise ACATError(f"image {e['image']} listed in {path} does not exist")
     return entries

@@ -89,12 +89,10 @@ from scipy import ndimage as ndi
 
 from ..errors import ACATError, ConfigError
 from ..resources import resource_path
+from ..tasks import CLASS_NAMES, TASKS
 from .splits import split_counts, stratified_split
 from .territories import TERRITORIES, TERRITORY_LABELS, territories_of_side, territory_map
 
-TASKS = ("brain", "lung")
-BRAIN_CLASSES = ("no lesion", "left", "right", "both")
-LUNG_CLASSES = ("normal", "findings")
 SIZE_GROUPS = ("IS-1", "IS-2", "IS-3", "IS-4")
 SIZE_RADII_MM = {"IS-1": (3.0, 5.0), "IS-2": (5.0, 8.0), "IS-3": (8.0, 12.0), "IS-4": (12.0, 18.0)}
 BRAIN_NOISE_HU = (2.5, 4.5)
@@ -881,7 +879,7 @@ def generate(task: str = "brain", n: int = 10, seed: int = 0, out_dir=".", class
     out = Path(out_dir)
     for sub in ("images", "masks", "regions"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    class_names = BRAIN_CLASSES if task == "brain" else LUNG_CLASSES
+    class_names = CLASS_NAMES[task]
     labels = class_plan(n, len(class_names), seed, class_fractions)
     items = []
     positives = 0

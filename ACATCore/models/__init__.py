@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from .acat import ACAT, acat_brain, acat_lung
 from .autoencoder import Autoencoder
 from .backbones import BrainMTL, LungResNet50, SliceClassifier
-from .common import BRAIN_CLASS_NAMES, BRAIN_SIDE_NAMES, combine_mtl
+from .common import BRAIN_CLASS_NAMES, BRAIN_SIDE_NAMES, LUNG_CLASS_NAMES, calibrate_batchnorm, combine_mtl
 from .competitors import HSM, SMIC, SalClassNet, SeAtt, SpAtt, ViTClassifier
 
 _BUILDERS = {
@@ -53,4 +53,4 @@ def build_model(name: str, **config) -> nn.Module:
 
 __all__ = ["build_model", "MODEL_NAMES", "BASELINES", "ACAT", "Autoencoder", "BrainMTL", "LungResNet50",
            "SliceClassifier", "SMIC", "SalClassNet", "HSM", "SpAtt", "SeAtt", "ViTClassifier",
-           "BRAIN_CLASS_NAMES", "BRAIN_SIDE_NAMES", "combine_mtl"]
+           "BRAIN_CLASS_NAMES", "BRAIN_SIDE_NAMES", "LUNG_CLASS_NAMES", "calibrate_batchnorm", "combine_mtl"]

@@ -23,8 +23,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from . import common
-from .common import (BRAIN_CLASS_NAMES, HemisphereMerge, PlainMTLHeads, SymmetricMTLHeads, as_int_list,
-                     check_choice, combine_mtl, fold, relu, unfold)
+from .common import (BRAIN_CLASS_NAMES, LUNG_CLASS_NAMES, HemisphereMerge, PlainMTLHeads, SymmetricMTLHeads,
+                     as_int_list, check_choice, combine_mtl, fold, relu, unfold)
 
 BRAIN_WIDTHS = (16, 32, 32, 64, 64, 128, 128)
 BRAIN_POOL_LAYERS = (1, 2, 3, 4, 5)
@@ -136,7 +136,7 @@ class SliceClassifier(nn.Module):
             self.num_classes = 2 if num_classes is None else int(num_classes)
             if self.num_classes < 2:
                 raise ConfigError(f"num_classes must be >= 2, got {num_classes}")
-            self.class_names = ["normal", "abnormal"] if self.num_classes == 2 else \
+            self.class_names = list(LUNG_CLASS_NAMES) if self.num_classes == 2 else \
                 [f"class {i}" for i in range(self.num_classes)]
         if not 0.0 <= float(dropout) < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {dropout}")

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, InputError
+from ..tasks import BRAIN_CLASS_NAMES, LUNG_CLASS_NAMES  # noqa: F401  (re-exported)
 
-BRAIN_CLASS_NAMES = ("no lesion", "left", "right", "both")
 BRAIN_SIDE_NAMES = ("left", "right", "both")
 
 
@@ -82,6 +82,32 @@ def unfold(t: torch.Tensor, batch: int) -> torch.Tensor:
 def relu() -> nn.ReLU:
     """ReLU that is never in place, so forward/backward hooks (Grad-CAM, Captum) see true values."""
     return nn.ReLU(inplace=False)
+
+
+def calibrate_batchnorm(model: nn.Module, batches, forward=None) -> nn.Module:
+    """Reset every BatchNorm's running statistics to their average over ``batches`` (each a tensor or a
+    tuple of the model's positional arguments); returns the model in eval mode. ``forward(model,
+    batch)``, if given, runs a batch instead (e.g. ``counterfactual.steerable_logits``).
+
+    For untrained or re-initialised nets, whose initial statistics make eval-mode features vanish.
+    Ours, not ``torch.optim.swa_utils.update_bn``: that passes only a tuple's first item (ACAT takes two)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None                       # cumulative average over the batches
+    model.train()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                if forward is not None:
+                    forward(model, batch)
+                else:
+                    model(*batch) if isinstance(batch, tuple) else model(batch)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+    return model.eval()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ class ViTClassifier(SliceClassifier):
         try:
             import einops  # noqa: F401  (MONAI's ViT needs it)
         except ImportError:
-            raise ConfigError("the vit model needs the package einops: pip install einops") from None
+            raise ConfigError("the vit model needs einops: pip install 'ACATCore[vit]'") from None
         self.vit = ViT(in_channels=1, img_size=self.image_size, patch_size=patch_size, hidden_size=int(hidden_size),
                        mlp_dim=int(mlp_dim), num_layers=int(num_layers), num_heads=int(num_heads),
                        classification=False, dropout_rate=self.dropout, spatial_dims=2)

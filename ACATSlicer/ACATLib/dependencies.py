@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "Resources" / "requirements.txt"
-TORCH_REQUIREMENT = "torch>=2.1"
+TORCH_REQUIREMENT = "torch>=2.13,<3"            # pyproject.toml's bounds (a test keeps them equal)
 PYTORCH_EXTENSION_HINT = ("install the 'PyTorch' extension from the Extensions Manager (it picks the "
                           "build that fits your GPU), restart Slicer, and press Apply again")
 
