@@ -2,13 +2,13 @@
 
     acat analyze INPUT --model lung|brain|BUNDLE_DIR --out DIR [--format nrrd|nifti]
                  [--coverage full|sampled] [--steps 20] [--alpha 100] [--device auto]
-                 [--early-stop P] [--no-report] [--overwrite] [--json] [--quiet]
+                 [--early-stop P] [--solver gd|fista] [--no-report] [--overwrite] [--json] [--quiet]
     acat info MODEL [--json]
     acat synth ...            (the ACAT-Synth generator: ``acat synth --help``)
 
 INPUT is a CT file (NRRD, NIfTI, MHA), a DICOM series folder, or, for a batch, a folder of CT files
-and/or DICOM sub-folders, or a datalist (MONAI-style ``.json`` with ``"image"`` entries, or ``.csv``
-with an ``image`` column). A batch writes ``DIR/<case>/`` per case and ``DIR/summary.csv``.
+and/or DICOM sub-folders, or a datalist (``.json`` or ``.csv``, read by :mod:`ACATCore.data.datalists`).
+A batch writes ``DIR/<case>/`` per case and ``DIR/summary.csv``.
 
 Exit codes: 0 done; 2 a problem the user can fix (bad input, bad model file, output folder exists
 without --overwrite or overlapping the input, bad option; in a batch: any case failed); 130
@@ -19,7 +19,6 @@ never shown; nothing half-written is left behind and the input is never touched.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -30,8 +29,10 @@ import warnings
 from pathlib import Path
 
 from .errors import ACATError, ConfigError, InputError, ModelFileError
+from .file_checks import DICOM_SUFFIXES, FILE_SUFFIXES, display_path
 
 DEFAULT_EARLY_STOP = 0.9   # the same as ACATCore.pipeline.DEFAULT_EARLY_STOP (a test keeps them equal)
+FAST_SEARCH = {"optimizer": "fista", "schedule": "adaptive"}   # ACATCore.pipeline.FAST_SEARCH (tested equal)
 
 
 def _probability_or_none(text: str):
@@ -47,9 +48,6 @@ def _probability_or_none(text: str):
     return value
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 2, 130, 143
-MAX_DATALIST_BYTES = 64 << 20
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,11 +63,6 @@ class _Terminated(KeyboardInterrupt):
 
 def _on_sigterm(signum, frame):
     raise _Terminated()
-
-
-def shown(path) -> str:
-    """A path as printable text (file-name bytes that are not UTF-8 as ``\\xNN``)."""
-    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--early-stop", type=_probability_or_none, default=DEFAULT_EARLY_STOP, metavar="P",
                    help="stop a counterfactual once its target probability reaches P (default "
                    f"{DEFAULT_EARLY_STOP}); 'none' runs the paper's fixed number of steps")
+    a.add_argument("--solver", choices=("gd", "fista"), default="gd",
+                   help="counterfactual search: gd (the paper's plain gradient descent, default) or fista "
+                   "(momentum, adaptive steps: with --steps 7 --early-stop none the paper's 20-step maps)")
     a.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     a.add_argument("--batch", action="store_true", help="treat INPUT as a batch even if it looks like one case")
     a.add_argument("--no-report", action="store_true", help="skip the PNG/HTML report")
@@ -169,14 +165,14 @@ def _run(args) -> int:
               file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:                       # disk full, permissions changed meanwhile, ...
-        where = f" ({shown(exc.filename)})" if getattr(exc, "filename", None) else ""
+        where = f" ({display_path(exc.filename)})" if getattr(exc, "filename", None) else ""
         print(f"acat: error: {exc.strerror or _one_line(exc)}{where}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_ERROR
 
 
 def _one_line(exc) -> str:
-    return shown(" ".join(str(exc).split()) or type(exc).__name__)
+    return display_path(" ".join(str(exc).split()) or type(exc).__name__)
 
 
 # ------------------------------------------------------------------------------------ analyze
@@ -236,10 +232,10 @@ def _analyze(args) -> int:
     except (OSError, ValueError):
         exists = False
     if not exists:
-        raise InputError(f"input {shown(source)} does not exist; give a CT file, a DICOM folder, a folder of "
+        raise InputError(f"input {display_path(source)} does not exist; give a CT file, a DICOM folder, a folder of "
                          "cases or a datalist")
     if not source.is_file() and not source.is_dir():
-        raise InputError(f"input {shown(source)} is not a regular file or folder (a device, pipe or socket); "
+        raise InputError(f"input {display_path(source)} is not a regular file or folder (a device, pipe or socket); "
                          "give a CT file, a DICOM folder, a folder of cases or a datalist")
     out = Path(args.out)
     if not str(args.out).strip():
@@ -249,9 +245,13 @@ def _analyze(args) -> int:
     if cases:
         check_output_inputs(out, cases)
     check_output_folder(out, args.overwrite)      # before any work: nothing is touched on refusal
+    if not args.no_report:
+        from .report import load_matplotlib
+        load_matplotlib()                         # the report extra missing: say so before the analysis
     options = dict(model=args.model, coverage=args.coverage, steps=args.steps, alpha=args.alpha,
                    device=args.device, early_stop=args.early_stop, out_format=args.format,
-                   report=not args.no_report, overwrite=args.overwrite)
+                   report=not args.no_report, overwrite=args.overwrite,
+                   counterfactual_options=FAST_SEARCH if args.solver == "fista" else None)
     if cases is None:
         return _analyze_one(source, out, args, options)
     return _analyze_batch(cases, out, args, options)
@@ -275,7 +275,7 @@ def _analyze_one(source: Path, out: Path, args, options) -> int:
         print(f"warning: {_one_line(w)}", file=sys.stderr)
     doc = json.loads((out / "result.json").read_text(encoding="utf-8"))
     if args.json:
-        print(json.dumps({**doc, "output": shown(out)}, indent=2))
+        print(json.dumps({**doc, "output": display_path(out)}, indent=2))
     else:
         _print_result(result, out)
     return EXIT_OK
@@ -290,7 +290,7 @@ def _print_result(result, out: Path):
         print(f"saliency peak at LPS ({where}) mm{terr}")
     print(f"model saw {len(result.slices_seen)} of {len(result.slice_weights)} slices")
     report = out / "report" / "index.html"
-    print(f"outputs: {shown(out)}" + (f"\nreport:  {shown(report)}" if report.exists() else ""))
+    print(f"outputs: {display_path(out)}" + (f"\nreport:  {display_path(report)}" if report.exists() else ""))
 
 
 RESERVED_NAMES = ("summary.csv",)
@@ -324,7 +324,7 @@ def _analyze_batch(cases, out: Path, args, options) -> int:
     from .outputs import AtomicFolder
     from .report import write_summary_csv
     if not cases:
-        raise InputError(f"no CT files, DICOM folders or datalist entries found in {shown(args.input)}")
+        raise InputError(f"no CT files, DICOM folders or datalist entries found in {display_path(args.input)}")
     # The whole batch folder is written beside ``out`` and moved into place at the end (all or
     # nothing, like a single case); cases that fail are listed in summary.csv and on stderr.
     overwrite = options.pop("overwrite")
@@ -337,10 +337,10 @@ def _analyze_batch(cases, out: Path, args, options) -> int:
         finally:
             bar.close()
         for item in items:
-            row = {"case": item.name, "input": shown(item.input),
+            row = {"case": item.name, "input": display_path(item.input),
                    "status": "ok" if item.error is None else "error",
                    "error": _one_line(item.error) if item.error else "", "seconds": round(item.seconds, 2),
-                   **item.summary, "output": "" if item.error else shown(out / item.name)}
+                   **item.summary, "output": "" if item.error else display_path(out / item.name)}
             rows.append(row)
             if item.error:
                 print(f"acat: error: {item.name}: {_one_line(item.error)}", file=sys.stderr)
@@ -354,9 +354,9 @@ def _analyze_batch(cases, out: Path, args, options) -> int:
         write_summary_csv(rows, tmp / "summary.csv")
     failed = sum(r["status"] != "ok" for r in rows)
     if args.json:
-        print(json.dumps({"output": shown(out), "cases": rows}, indent=2))
+        print(json.dumps({"output": display_path(out), "cases": rows}, indent=2))
     else:
-        print(f"{len(rows) - failed} of {len(rows)} cases analysed; summary: {shown(out / 'summary.csv')}")
+        print(f"{len(rows) - failed} of {len(rows)} cases analysed; summary: {display_path(out / 'summary.csv')}")
     return EXIT_OK if failed == 0 else EXIT_ERROR
 
 
@@ -372,7 +372,7 @@ def _is_dicom_file(path: Path) -> bool:
 
 
 def _is_volume_file(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
+    return path.is_file() and path.name.lower().endswith(FILE_SUFFIXES)
 
 
 def batch_inputs(source: Path, force: bool = False):
@@ -380,11 +380,9 @@ def batch_inputs(source: Path, force: bool = False):
 
     One case: a CT file, or a folder holding DICOM files directly (a series). A batch: a datalist
     (``.json``/``.csv``), or a folder of CT files and/or DICOM sub-folders."""
-    name = source.name.lower()
-    if source.is_file() and name.endswith(".json"):
-        return _datalist_json(source)
-    if source.is_file() and name.endswith(".csv"):
-        return _datalist_csv(source)
+    if source.is_file() and source.name.lower().endswith((".json", ".csv")):
+        from .data.datalists import image_paths
+        return image_paths(source)
     if source.is_file():
         return [source] if force else None
     entries = sorted(source.iterdir())
@@ -396,78 +394,10 @@ def batch_inputs(source: Path, force: bool = False):
         if d.is_dir() and not d.name.startswith(".") and any(_is_dicom_file(p) for p in d.iterdir() if p.is_file()):
             cases.append(d)
     if not cases and not force and not files:
-        raise InputError(f"{shown(source)} is an empty folder; give a CT file, a DICOM folder or a folder of cases")
+        raise InputError(f"{display_path(source)} is an empty folder; give a CT file, a DICOM folder or a "
+                         "folder of cases")
     if not cases and not force:
-        raise InputError(f"{shown(source)} holds no DICOM images, CT files or DICOM sub-folders")
-    return cases
-
-
-def _resolve(entry: str, base: Path) -> Path:
-    p = Path(entry)
-    return p if p.is_absolute() else base / p
-
-
-def _datalist_text(path: Path) -> str:
-    """The datalist's text: UTF-8 (a BOM is dropped); bytes that are not UTF-8 (a Latin-1 file) are
-    kept as they are, so paths still name the same files."""
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise InputError(f"cannot read datalist {shown(path)} ({exc.strerror or exc})") from None
-    if size > MAX_DATALIST_BYTES:
-        raise InputError(f"datalist {shown(path)} is {size:,} bytes, more than a datalist can be "
-                         f"({MAX_DATALIST_BYTES:,}); split it")
-    return path.read_bytes().decode("utf-8-sig", "surrogateescape")
-
-
-def _entry_ok(image) -> bool:
-    return isinstance(image, str) and image.strip() != "" and "\0" not in image and len(image) < 4096
-
-
-def _datalist_json(path: Path):
-    try:
-        doc = json.loads(_datalist_text(path))
-    except (ValueError, RecursionError) as exc:   # bad JSON, numbers too long to convert, nesting too deep
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else " ".join(str(exc).split())[:120]
-        raise InputError(f"datalist {shown(path)} is not valid JSON ({reason})") from None
-    # a list of paths or items, or MONAI style: every list of items {"image": ...} in the object
-    # (training, validation, test, ...); an image listed twice is analysed once
-    entries = []
-    if isinstance(doc, list):
-        entries = doc
-    elif isinstance(doc, dict):
-        for value in doc.values():
-            if isinstance(value, list):
-                entries.extend(e for e in value if isinstance(e, dict))
-    cases = []
-    for e in entries:
-        image = e.get("image") if isinstance(e, dict) else e
-        if _entry_ok(image) and _resolve(image, path.parent) not in cases:
-            cases.append(_resolve(image, path.parent))
-    if not cases:
-        raise InputError(f"datalist {shown(path)} has no entries with an \"image\"")
-    return cases
-
-
-def _datalist_csv(path: Path):
-    import io as _io
-    text = _datalist_text(path)
-    try:
-        rows = list(csv.reader(_io.StringIO(text, newline="")))
-    except csv.Error as exc:        # a field over csv.field_size_limit() (128 KB), a NUL byte, ...
-        raise InputError(f"datalist {shown(path)} is not a valid CSV file ({' '.join(str(exc).split())[:120]})") from None
-    if not rows:
-        raise InputError(f"datalist {shown(path)} is empty")
-    header = [h.strip().lower() for h in rows[0]]
-    col = header.index("image") if "image" in header else None
-    body = rows[1:] if col is not None else rows
-    col = 0 if col is None else col
-    cases = []
-    for r in body:
-        if len(r) > col and _entry_ok(r[col]) and _resolve(r[col].strip(), path.parent) not in cases:
-            cases.append(_resolve(r[col].strip(), path.parent))
-    if not cases:
-        raise InputError(f"datalist {shown(path)} has no image paths")
+        raise InputError(f"{display_path(source)} holds no DICOM images, CT files or DICOM sub-folders")
     return cases
 
 
@@ -486,7 +416,7 @@ def _info(args) -> int:
     for f in files:
         weights = f.with_suffix(".safetensors")
         if not weights.is_file():
-            raise ModelFileError(f"model file {shown(weights)} not found")
+            raise ModelFileError(f"model file {display_path(weights)} not found")
         cards[weights.stem] = verify_model_file(weights)      # card, both checksums, shapes, finite weights
     if args.json:
         print(json.dumps(cards if len(cards) > 1 else next(iter(cards.values())), indent=2))
@@ -501,7 +431,7 @@ def _bundle_folder(model: str) -> Path:
     if path.is_dir():
         return path
     if path.exists() or os.sep in str(model):
-        raise ModelFileError(f"model bundle folder {shown(path)} not found (not a folder)")
+        raise ModelFileError(f"model bundle folder {display_path(path)} not found (not a folder)")
     from .resources import resources_dir
     folder = resources_dir() / "models" / model
     if not folder.is_dir():

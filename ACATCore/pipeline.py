@@ -70,6 +70,14 @@ DEFAULT_PIXEL_BUDGET = 2_500_000
 DECODE_PIXEL_BUDGET = 800_000
 # Default early stop of ``analyze``: a counterfactual ends once its target probability reaches this.
 DEFAULT_EARLY_STOP = 0.9
+# Solvers of the Eq. 4 search (docs/analyze.md, Speed). PAPER_SEARCH: the paper's plain gradient
+# descent, ``counterfactual.generate``'s default and analyze's (DEFAULT_SEARCH). FAST_SEARCH: FISTA with
+# adaptive steps; with FAST_STEPS steps and no early stop it reaches the paper's 20-step objective and
+# maps (Pearson >= 0.99 on the trained bundles) at 7/20 of the cost.
+PAPER_SEARCH = {"optimizer": "sgd", "schedule": "constant"}
+FAST_SEARCH = {"optimizer": "fista", "schedule": "adaptive"}
+FAST_STEPS = 7
+DEFAULT_SEARCH = dict(PAPER_SEARCH)
 
 
 class Cancelled(ACATError):
@@ -280,11 +288,13 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
         module docstring; None: the paper's fixed number of steps). ``counterfactual.generate``'s ``stop_at``.
     pixel_budget: pixels (samplings x S x H x W) run together in one batched graph; bounds peak
         memory without changing the result (the decoder is bounded by ``DECODE_PIXEL_BUDGET``).
-    counterfactual_options: extra keyword arguments for ``ACATCore.counterfactual.generate``
-        (e.g. ``{"precision": "bf16"}``, ``{"fuse": False}``, ``{"decode_chunk": 4}``).
+    counterfactual_options: options of the search (``ACATCore.counterfactual.CounterfactualOptions``)
+        over ``DEFAULT_SEARCH`` (e.g. ``FAST_SEARCH`` with ``steps=FAST_STEPS, early_stop=None``,
+        ``{"precision": "bf16"}``, ``{"decode_chunk": 4}``); checked before any work.
     channels_last: on the CPU, run the nets in channels-last memory format (faster, same maps).
     """
     _check_options(steps, alpha, coverage)
+    _check_search(counterfactual_options, steps, alpha)
     prog = _Progress(progress, cancel, with_write=out is not None)
     if out is not None:
         from .outputs import check_output_folder, check_output_overlap
@@ -327,6 +337,7 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
         timings=prog.timings, warnings=warnings,
         settings={"coverage": coverage, "offsets": [float(o) for o in offsets], "steps": int(steps),
                   "alpha": float(alpha), "early_stop": early_stop, "device": str(dev),
+                  "search": {**DEFAULT_SEARCH, **(counterfactual_options or {})},
                   "input_path": input_path, "counterfactual_classes": cf_names})
 
     if out is not None:
@@ -392,6 +403,15 @@ def _check_options(steps, alpha, coverage) -> None:
         raise ConfigError(f"alpha must be >= 0, not {alpha!r}")
     if coverage not in COVERAGES:
         raise ConfigError(f"coverage must be one of {', '.join(COVERAGES)}, not {coverage!r}")
+
+
+def _check_search(options, steps, alpha) -> None:
+    """Bad counterfactual options fail here, before the volume is read (ConfigError)."""
+    from .counterfactual import CounterfactualOptions
+    if options is not None and not isinstance(options, dict):
+        raise ConfigError(f"counterfactual_options must be a dict, not {type(options).__name__}")
+    extra = {k: v for k, v in (options or {}).items() if k != "targets"}
+    CounterfactualOptions.build({**DEFAULT_SEARCH, **extra}, steps=int(steps), alpha=float(alpha))
 
 
 def _input_warnings(volume, prepared, coverage, seen, n_slices) -> list:
@@ -470,7 +490,7 @@ def _counterfactual_saliency(bundle, x, steps, alpha, early_stop, options, repor
     ``reconstruction D(E(x)) (B, S, 1, H, W)``.
     """
     from .counterfactual import generate
-    kwargs = dict(steps=int(steps), alpha=float(alpha), decode_chunk=decode_chunk_for(x))
+    kwargs = dict(steps=int(steps), alpha=float(alpha), decode_chunk=decode_chunk_for(x), **DEFAULT_SEARCH)
     kwargs.update(options)
     if early_stop is not None:
         kwargs["stop_at"] = float(early_stop)

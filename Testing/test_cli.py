@@ -194,16 +194,16 @@ def test_each_bad_input_exits_2_with_one_line(bundle, tmp_path, capsys):
 
 def test_bad_model_and_options_exit_2(bundle, tmp_path, capsys):
     ct = chest_ct_path()
-    tampered = tmp_path / "tampered"
-    shutil.copytree(bundle, tampered)
-    data = bytearray((tampered / "acat.safetensors").read_bytes())
+    corrupted = tmp_path / "corrupted"
+    shutil.copytree(bundle, corrupted)
+    data = bytearray((corrupted / "acat.safetensors").read_bytes())
     data[-1] ^= 0xFF
-    (tampered / "acat.safetensors").write_bytes(bytes(data))
+    (corrupted / "acat.safetensors").write_bytes(bytes(data))
     incomplete = tmp_path / "incomplete"
     shutil.copytree(bundle, incomplete)
     (incomplete / "autoencoder.safetensors").unlink()
     for argv, needle in [
-        (["--model", tampered], "SHA-256"),
+        (["--model", corrupted], "SHA-256"),
         (["--model", incomplete], "autoencoder"),
         (["--model", "no_such_model"], "no_such_model"),
         (["--model", bundle, "--steps", "-3"], "steps"),
@@ -213,7 +213,7 @@ def test_bad_model_and_options_exit_2(bundle, tmp_path, capsys):
         code, _, err = run(["analyze", ct, "--out", out, *FAST, *argv], capsys)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (argv, err)
         assert not out.exists()
-    code, _, err = run(["info", tampered], capsys)
+    code, _, err = run(["info", corrupted], capsys)
     assert code == 2 and "SHA-256" in err
 
 

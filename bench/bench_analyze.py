@@ -44,7 +44,6 @@ SPECS = {
     "brain": {"window": [0.0, 80.0], "slices": 11, "size": [400, 500], "orientation": "LPS-axial",
               "midline": "center"},
 }
-CLASSES = {"lung": ["normal", "findings"], "brain": ["no lesion", "left", "right", "both"]}
 
 
 # ------------------------------------------------------------------------------------ child side
@@ -69,8 +68,9 @@ def paper_bundle(task: str, path: Path, bundle_dir: str | None):
         from ACATCore.checkpoint import load_bundle
         return load_bundle(Path(bundle_dir) / task), "shipped weights"
     from ACATCore.io import read_volume
-    from ACATCore.models import build_model
+    from ACATCore.models import build_model, calibrate_batchnorm
     from ACATCore.preprocessing import prepare
+    from ACATCore.tasks import CLASS_NAMES
     torch.manual_seed(0)
     base = "lung_resnet50" if task == "lung" else "brain_mtl"
     classifier = build_model(base)
@@ -79,15 +79,8 @@ def paper_bundle(task: str, path: Path, bundle_dir: str | None):
     # BatchNorm statistics from 3 slices of the input (few, to keep this set-up out of the peak memory)
     x = prepare(read_volume(path), SPECS[task]).tensor[None, 4:7]
     for model, args in ((classifier, (x,)), (autoencoder, (x[0],)), (acat, (x, torch.rand_like(x)))):
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-                m.momentum = None
-        model.train()
-        with torch.no_grad():
-            model(*args)
-        model.eval()
-    card = {"task": task, "model_name": f"acat_{task}", "class_names": CLASSES[task],
+        calibrate_batchnorm(model, [args])
+    card = {"task": task, "model_name": f"acat_{task}", "class_names": list(CLASS_NAMES[task]),
             "preprocessing": SPECS[task], "sha256": None}
     return types.SimpleNamespace(classifier=classifier, autoencoder=autoencoder, acat=acat, card=card), \
         "random weights"
@@ -124,14 +117,12 @@ def profile_step(bundle, x, top: int = 8) -> str:
 
 def bf16_equivalence(bundle, x, steps: int) -> dict:
     """fp32 vs bf16-autocast counterfactual saliency on the same input."""
-    import torch
     from ACATCore.counterfactual import generate
     from ACATCore.pipeline import counterfactual_saliency
     maps = {}
     for name in ("fp32", "bf16"):
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=(name == "bf16")):
-            res = generate(bundle.classifier, bundle.autoencoder, x, steps=steps)
+        res = generate(bundle.classifier, bundle.autoencoder, x, steps=steps, precision=name)
         seconds = time.perf_counter() - start
         cf = res.counterfactuals.float().transpose(0, 1)
         maps[name] = (counterfactual_saliency(cf, res.reconstruction.float())[0, :, 0].numpy(), seconds,
