@@ -11,11 +11,14 @@ full coverage averages several and is slower). Rows:
               scale 0.85 and 1.15, vertex not covered
 
 Columns: ACAT and baseline 4-class accuracy (from one analysis: ``probabilities`` and
-``baseline_probabilities``), lesion-or-not sensitivity and specificity (ACAT), hit score (the saliency
-peak's vascular territory is one the lesion lies in, over the heads with a lesion) and seconds per
-analysis. Prints a table; asserts nothing.
+``baseline_probabilities``), lesion-or-not sensitivity and specificity (ACAT), over the heads with a
+lesion: hit score as in the paper (the saliency peak lies in a vascular territory the lesion lies in,
+read on the head's own territory map, as the paper reads a registered atlas), the same with the territory
+``analyze`` reports (``peak_territory``: geometric territories on the extracted brain, no registration)
+and the share of peaks inside the lesion itself; seconds per analysis. Prints a table; asserts nothing.
 
     python bench/bench_brain.py [--bundle brain] [--n 40] [--seed 9001] [--rows demo,IS-3,shift:tilt10]
+                                [--coverage sampled|full]
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ import numpy as np
 import torch
 
 from ACATCore.data import synth
-from ACATCore.pipeline import analyze
+from ACATCore.data.territories import TERRITORIES
+from ACATCore.pipeline import FAST_SEARCH, FAST_STEPS, analyze
 from ACATCore.volume import Volume
 
 DEMO = {"radius_mm": [20, 35], "contrast_hu": [8, 14]}
@@ -46,7 +50,15 @@ def row_options(row: str) -> tuple:
     raise SystemExit(f"unknown row {row!r}: demo, IS-1..IS-4 or shift:{'|'.join(SHIFTS)}")
 
 
-def run_row(row: str, bundle: str, n: int, seed: int) -> dict:
+def peak_hits(case: dict, result) -> tuple:
+    """(hit on the head's own territories, hit by analyze's territory, peak inside the lesion)."""
+    i, j, k = result.peak_index
+    truth = {les["territory"] for les in case["lesions"]}
+    own = TERRITORIES[case["regions"][k, j, i] - 1] if case["regions"][k, j, i] > 0 else None
+    return own in truth, result.peak_territory in truth, bool(case["mask"][k, j, i] > 0)
+
+
+def run_row(row: str, bundle: str, n: int, seed: int, coverage: str = "sampled", search: dict = None) -> dict:
     options, group = row_options(row)
     labels = synth.class_plan(n, 4, seed)
     acat, base, hits, seconds = [], [], [], []
@@ -54,16 +66,18 @@ def run_row(row: str, bundle: str, n: int, seed: int) -> dict:
         case = synth.make_case("brain", seed, index, label, group if label else None, options=options)
         volume = Volume(case["image"], case["spacing"], case["origin"], case["direction"])
         start = time.perf_counter()
-        result = analyze(volume, model=bundle, coverage="sampled", device="cpu")
+        result = analyze(volume, model=bundle, coverage=coverage, device="cpu", **(search or {}))
         seconds.append(time.perf_counter() - start)
         acat.append(int(np.argmax(result.probabilities)))
         base.append(int(np.argmax(result.baseline_probabilities)))
         if label:
-            hits.append(result.peak_territory in {les["territory"] for les in case["lesions"]})
+            hits.append(peak_hits(case, result))
     y, acat, base = np.array(labels), np.array(acat), np.array(base)
+    hits = np.array(hits, dtype=float).reshape(-1, 3)
     return {"row": row, "n": n, "acat": (acat == y).mean(), "baseline": (base == y).mean(),
             "sensitivity": (acat[y > 0] > 0).mean(), "specificity": (acat[y == 0] == 0).mean(),
-            "hit": float(np.mean(hits)) if hits else float("nan"), "seconds": float(np.mean(seconds))}
+            "hit": hits[:, 0].mean(), "hit_analyze": hits[:, 1].mean(), "in_lesion": hits[:, 2].mean(),
+            "seconds": float(np.mean(seconds))}
 
 
 def main(argv=None) -> int:
@@ -73,19 +87,27 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=9001, help="generator seed (no training run uses it)")
     ap.add_argument("--rows", default=",".join(["demo", *synth.SIZE_GROUPS, *(f"shift:{s}" for s in SHIFTS)]))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--solver", default="gd", choices=["gd", "fista"],
+                    help="gd: analyze's default search; fista: FAST_SEARCH, FAST_STEPS steps, no early stop")
+    ap.add_argument("--coverage", default="sampled", choices=["sampled", "full"],
+                    help="analyze's coverage (default sampled: the paper's single sampling, faster)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"brain bundle {args.bundle!r} on fresh ACAT-Synth heads (generator seed {args.seed}, "
-          f"{args.n} a row, coverage sampled)")
-    print(f"{'row':<18}{'n':>4}{'ACAT':>8}{'baseline':>10}{'sens':>7}{'spec':>7}{'hit':>7}{'s/case':>8}")
+          f"{args.n} a row, coverage {args.coverage})")
+    print(f"{'row':<18}{'n':>4}{'ACAT':>8}{'baseline':>10}{'sens':>7}{'spec':>7}{'hit':>7}{'hit(an)':>8}"
+          f"{'in-les':>7}{'s/case':>8}")
+    search = None if args.solver == "gd" else \
+        {"counterfactual_options": FAST_SEARCH, "steps": FAST_STEPS, "early_stop": None}
     reference = None
     for row in args.rows.split(","):
-        r = run_row(row.strip(), args.bundle, args.n, args.seed)
+        r = run_row(row.strip(), args.bundle, args.n, args.seed, args.coverage, search)
         reference = r["acat"] if row == "demo" else reference
         delta = "" if reference is None or not row.startswith("shift:") else \
             f"  ({100 * (r['acat'] - reference):+.1f} vs demo)"
         print(f"{r['row']:<18}{r['n']:>4}{100 * r['acat']:>7.1f}%{100 * r['baseline']:>9.1f}%"
               f"{100 * r['sensitivity']:>6.0f}%{100 * r['specificity']:>6.0f}%{100 * r['hit']:>6.0f}%"
+              f"{100 * r['hit_analyze']:>7.0f}%{100 * r['in_lesion']:>6.0f}%"
               f"{r['seconds']:>8.2f}{delta}", flush=True)
     return 0
 
