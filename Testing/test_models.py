@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ACATCore.errors import ConfigError, InputError
-from ACATCore.models import MODEL_NAMES, build_model, combine_mtl
+from ACATCore.models import MODEL_NAMES, build_model, calibrate_batchnorm, combine_mtl
 from ACATCore.models.common import SliceAttention, SpatialAttention, modulate
 
 torch.set_num_threads(2)
@@ -144,6 +144,30 @@ def test_acat_intermediates(backbone):
     assert torch.allclose(inter["slice_weights"].sum(1), torch.ones(2), atol=1e-5)  # normalised by default
 
 
+@pytest.mark.parametrize("backbone", ["brain", "lung"])
+def test_acat_identity_start_is_the_baseline_until_trained(backbone):
+    tiny = TINY_BRAIN if backbone == "brain" else TINY_LUNG
+    base = build_model("brain_mtl" if backbone == "brain" else "lung_resnet50", **tiny).eval()
+    h, w = (48, 96) if backbone == "brain" else (32, 32)
+    x = torch.rand(2, 3, 1, h, w)
+    for start, same in (("paper", False), ("identity", True)):
+        torch.manual_seed(1)
+        model = build_model(f"acat_{backbone}", start=start, **tiny)
+        model.init_from_baseline(base)
+        model.eval()
+        with torch.no_grad():
+            diff = (model(x, torch.rand_like(x)) - base(x)).abs().max()
+        assert (diff < 1e-5) == same, (start, float(diff))
+    # the gates learn: one step of a loss moves them off zero, and the card keeps the option
+    model.train()
+    loss = nn.functional.cross_entropy(model(x, torch.rand_like(x)), torch.tensor([1, 0]))
+    loss.backward()
+    assert model.gates.grad is not None and model.gates.grad.abs().sum() > 0
+    assert model.config["start"] == "identity" and "start" not in build_model(f"acat_{backbone}", **tiny).config
+    with pytest.raises(ConfigError, match="normalise_slice_weights"):
+        build_model(f"acat_{backbone}", start="identity", normalise_slice_weights=False, **tiny)
+
+
 def test_acat_authors_flags():
     model = build_model("acat_lung", attention_batchnorm=True, fused_sigmoid=False, normalise_slice_weights=False,
                         slice_attention="joint", num_slices=3, **TINY_LUNG).eval()
@@ -230,15 +254,8 @@ def test_competitors_use_the_saliency(name):
 
 def _train_bn_stats(model, x, s=None):
     """Give BatchNorm real running statistics (the defaults make an untrained net's eval features vanish)."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            run(model, x + 0.1 * torch.rand_like(x), s)
-    model.eval()
+    batches = [x + 0.1 * torch.rand_like(x) for _ in range(2)]
+    calibrate_batchnorm(model, [(b, s) if model.needs_saliency else b for b in batches])
 
 
 @pytest.mark.parametrize("pooling", [{}, {"pooling": "topk", "topk": 3}])

@@ -433,3 +433,36 @@ def test_augmentation_moves_image_and_saliency_together_and_keeps_the_background
     assert (intensity["x"][x == 0] == 0).all()                      # outside the brain stays 0
     assert not torch.equal(intensity["x"][x > 0], x[x > 0])
     assert augment.augment_batch(dict(batch), None, [4, 7, 9], 0, 1)["x"] is batch["x"]
+
+
+def test_new_lr_gives_the_fresh_attention_tensors_their_own_rate():
+    """acat.new_lr: the tensors ACAT did not take from the baseline (attention, fusion, gates, slice MLP)
+    learn at new_lr, the rest at lr; without it one group."""
+    from ACATCore.models import build_model
+    from training.train_acat import build_from_baseline
+    tiny = {"block_inplanes": [4, 4, 8, 8], "layers": [1, 1, 1, 1]}
+    base = build_model("lung_resnet50", **tiny)
+    cfg = config.load_config(None, ["task=lung", 'acat.model_config={"start": "identity"}'])
+    net, _ = build_from_baseline(cfg, "acat", base, {"model_config": tiny, "task": "lung"})
+    fresh = set(net.fresh_parameters)
+    assert "gates" in fresh and any(n.startswith("attention.") for n in fresh)
+    assert not any(n.startswith(("trunk.", "sal_trunk.", "heads.")) for n in fresh)
+    hp = config.HyperParams(epochs=1, lr=1e-4, weight_decay=0.0, lr_min=0.0, batch_size=2, new_lr=1e-2)
+    groups = loop.param_groups(net, hp)
+    assert len(groups) == 2 and groups[1]["lr"] == 1e-2
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in net.parameters())
+    plain = loop.param_groups(net, config.HyperParams(epochs=1, lr=1e-4, weight_decay=0.0, lr_min=0.0, batch_size=2))
+    assert len(plain) == 1
+    with pytest.raises(ConfigError, match="new_lr"):
+        config.load_config(None, ["acat.new_lr=-1"])
+
+
+def test_control_maps_are_the_lesion_or_noise():
+    from training.make_control_saliency import control_maps
+    masks = np.zeros((2, 3, 16, 16), np.uint8)
+    masks[1, 1, 4:8, 4:8] = 2                         # volume 1 has a lesion on slice 1
+    maps = control_maps("mask", masks, (2, 3, 1, 16, 16), np.random.default_rng(0)).astype(np.float32)
+    assert maps.shape == (2, 3, 1, 16, 16) and not maps[0].any()
+    assert maps[1].max() == 1.0 and maps[1, 1, 0, 6, 6] > 0.5 and maps[1, 1, 0, 14, 14] == 0
+    noise = control_maps("noise", masks, (2, 3, 1, 16, 16), np.random.default_rng(0)).astype(np.float32)
+    assert noise.min() == 0.0 and noise.max() == 1.0 and noise.std() > 0.05

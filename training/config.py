@@ -60,7 +60,7 @@ DEFAULTS = {
     "acat": {"model": None, "model_config": {}, "micro_batches": 1, "epochs": 100, "lr": 1e-5,
              "weight_decay": 5e-5,
              "lr_min": 1e-7, "batch_size": 8, "class_weighted": True, "flip": 0.5, "augment": None,
-             "init_from_baseline": True},
+             "init_from_baseline": True, "new_lr": None},   # new_lr: lr of the tensors not from the baseline
     "competitors": [],                   # any of COMPETITORS, fine-tuned like ACAT (Table 2)
     "competitor_config": {},             # model name -> extra build_model config (e.g. vit sizes)
     "dropout_control": [],               # feature-dropout p values (Sec. 4.7), e.g. [0.2, 0.6]
@@ -90,6 +90,7 @@ class HyperParams:
     flip: float = 0.0                    # probability of a left-right mirror per sample and epoch
     class_weighted: bool = False
     augment: Optional[dict] = None       # see training.augment.augment_batch
+    new_lr: Optional[float] = None       # lr of the tensors a fine-tuned model did not take from the baseline
 
     @classmethod
     def from_config(cls, section: dict) -> "HyperParams":
@@ -209,6 +210,8 @@ def _check_stage(stage: str, s: dict):
             raise ConfigError(f"{stage}.{key} must be a non-negative number, not {s[key]!r}")
     if s["lr"] <= 0:
         raise ConfigError(f"{stage}.lr must be positive, not {s['lr']!r}")
+    if s.get("new_lr") is not None and (not isinstance(s["new_lr"], (int, float)) or s["new_lr"] <= 0):
+        raise ConfigError(f"{stage}.new_lr must be a positive number or null, not {s['new_lr']!r}")
     if not 0 <= s.get("flip", 0) <= 1:
         raise ConfigError(f"{stage}.flip is a probability in [0, 1], not {s['flip']!r}")
 

@@ -101,6 +101,17 @@ def train_epoch(model, optimizer, stage: Stage, data, hp: HyperParams, seed: int
     return float(total) / max(count, 1)
 
 
+def param_groups(model, hp: HyperParams) -> list:
+    """One Adam group at hp.lr, or two with hp.new_lr: the tensors the model did not take from the
+    baseline (``model.fresh_parameters``, set by train_acat) learn at new_lr."""
+    fresh = set(getattr(model, "fresh_parameters", ()))
+    if not hp.new_lr or not fresh:
+        return [{"params": list(model.parameters())}]
+    named = list(model.named_parameters())
+    return [{"params": [p for n, p in named if n not in fresh]},
+            {"params": [p for n, p in named if n in fresh], "lr": hp.new_lr}]
+
+
 def fit(model, stage: Stage, splits: dict, hp: HyperParams, rt: Runtime, *, folder: Path,
         seed: int, resume: bool = False, tensorboard: bool = True) -> tuple:
     """Train `model` for hp.epochs epochs on splits["train"], validating on splits["val"].
@@ -113,7 +124,7 @@ def fit(model, stage: Stage, splits: dict, hp: HyperParams, rt: Runtime, *, fold
 
     folder.mkdir(parents=True, exist_ok=True)
     model = model.to(rt.device)
-    opt = torch.optim.Adam(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    opt = torch.optim.Adam(param_groups(model, hp), lr=hp.lr, weight_decay=hp.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.epochs, eta_min=hp.lr_min)
     checkpoints = Checkpoints(folder, stage.name, seed)
     start, best_score, best_epoch = 0, -float("inf"), -1

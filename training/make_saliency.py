@@ -48,7 +48,9 @@ def write_parts(clf, ae, ds: DataSet, parts: Path, cfg: dict, rt: Runtime):
            f"(rank 0), {rt.world_size} process(es)")
     for start in tqdm(range(0, len(todo), bs), desc=f"saliency {parts.name}", leave=False,
                       disable=not rt.progress):
-        pos = todo[start:start + bs]
+        pos = [p for p in todo[start:start + bs] if not (parts / f"{ds.indices[p]}.npy").exists()]
+        if not pos:                                # another process made them meanwhile
+            continue
         x = ds.get(pos)["x"].to(rt.device)
         maps = saliency_maps(clf, ae, x, cfg)      # float32: small latent steps need it
         maps = maps.float().cpu().numpy().astype(np.float16)

@@ -52,6 +52,7 @@ def build_from_baseline(cfg: dict, model: str, baseline, baseline_card: dict):
         return net, "random initialisation (acat.init_from_baseline is false)"
     kept = net.init_from_baseline(baseline)   # raises ConfigError when the families differ
     kept = [k for k in kept if not _widen_input(net, baseline, k)]
+    net.fresh_parameters = [k for k in kept if k in dict(net.named_parameters())]   # for acat.new_lr
     missed = [k for k in kept if k.startswith(("trunk.", "sal_trunk.", "heads."))]
     if missed:
         raise ConfigError(f"the baseline's weights do not fit {name} (e.g. {missed[0]} keeps its "

@@ -12,6 +12,12 @@ Where the authors' code differs from the paper, the paper is the default and a f
 ``attention_batchnorm=True`` (BatchNorm before the attention sigmoid), ``fused_sigmoid=False`` (no
 sigmoid on the fused mask), ``normalise_slice_weights=False`` (plain weighted sum over slices),
 ``slice_attention="joint"`` with ``num_slices`` (one MLP over all slices' features at once).
+
+``start="identity"`` (ours, for fine-tuning from the baseline) gates every modulation,
+G = F + g * F * S with a learned scalar g starting at 0, and starts the slice MLP's output layer at 0
+(equal slice weights = the baseline's mean): the untrained ACAT computes exactly the baseline, so
+fine-tuning starts from the baseline's accuracy instead of from features scaled by about 1.5.
+``start="paper"`` (default) is Eq. 2 as written.
 """
 from __future__ import annotations
 
@@ -20,7 +26,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from .backbones import ATTENTION_STAGES, SliceClassifier, make_trunk, resolve_backbone, trunk_channels
-from .common import AttentionFusion, SliceAttention, SpatialAttention, merge_hemispheres, modulate, unfold
+from .common import (AttentionFusion, SliceAttention, SpatialAttention, check_choice, merge_hemispheres, modulate,
+                     unfold)
 
 MASK_NAMES = ("early", "middle", "late")
 
@@ -35,7 +42,7 @@ class ACAT(SliceClassifier):
                  attention_pool: str = "max", attention_batchnorm: bool = False, fused_sigmoid: bool = True,
                  slice_attention: str = "shared", num_slices: int | None = None, slice_hidden: int = 64,
                  slice_dropout: float = 0.1, normalise_slice_weights: bool = True, pooling: str = "mean",
-                 topk: int = 8):
+                 topk: int = 8, start: str = "paper"):
         super().__init__(backbone, num_classes=num_classes, dropout=dropout, pooling=pooling, topk=topk)
         self.model_name = f"acat_{backbone}"
         opts = resolve_backbone(backbone, widths=widths, pool_layers=pool_layers,
@@ -53,11 +60,26 @@ class ACAT(SliceClassifier):
         self.slice_attention = SliceAttention(slice_features, hidden=int(slice_hidden), dropout=float(slice_dropout),
                                               mode=slice_attention, num_slices=num_slices,
                                               normalise=bool(normalise_slice_weights))
+        check_choice("start", start, ("paper", "identity"))
+        if start == "identity" and not normalise_slice_weights:
+            raise ConfigError("start='identity' needs normalise_slice_weights=True (equal weights = the mean)")
+        self.start = start
+        # one gate per mask and one for the fused mask; None: Eq. 2 as written
+        self.gates = nn.Parameter(torch.zeros(len(self.attention_stages) + 1)) if start == "identity" else None
+        if start == "identity":
+            nn.init.zeros_(self.slice_attention.mlp[-1].weight)
+            nn.init.zeros_(self.slice_attention.mlp[-1].bias)
         self.config = {**self._base_config(), "attention_pool": attention_pool,
                        "attention_batchnorm": bool(attention_batchnorm), "fused_sigmoid": bool(fused_sigmoid),
                        "slice_attention": slice_attention, "num_slices": None if num_slices is None else int(num_slices),
                        "slice_hidden": int(slice_hidden), "slice_dropout": float(slice_dropout),
                        "normalise_slice_weights": bool(normalise_slice_weights)}
+        if start != "paper":            # cards of paper-start models stay as they were
+            self.config["start"] = start
+
+    def _modulate(self, f: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+        """G = F + F * S (Eq. 2), or F + g_k * F * S with start='identity'."""
+        return modulate(f, mask if self.gates is None else self.gates[k] * mask)
 
     def _trunk_forward(self, inp: torch.Tensor, sal: torch.Tensor):
         f, s, masks = inp, sal, []
@@ -67,10 +89,10 @@ class ACAT(SliceClassifier):
                 s = self.sal_trunk[i](s)  # S^i
             if i in self.attention_stages:
                 mask = self.attention[len(masks)](s)  # S_s^i
-                f = modulate(f, mask)  # G^i = F^i + F^i * S_s^i
+                f = self._modulate(f, mask, len(masks))  # G^i = F^i + F^i * S_s^i
                 masks.append(mask)
         fused = self.fusion(masks, f.shape[-2:])  # S_f
-        f = modulate(f, fused)
+        f = self._modulate(f, fused, len(masks))
         return f, {"masks": masks, "fused": fused}
 
     def _aggregate(self, feats: torch.Tensor):

@@ -1,0 +1,63 @@
+"""Controls for ACAT (Sec. 4.7's spirit): a run whose saliency maps are the true lesion masks (upper
+bound) or smooth noise (lower bound), everything else linked from a trained run of the same config.
+
+    python -m training.make_control_saliency --from runs/brain_synth_demo --to runs/brain_ctl_mask --seed 0 --kind mask
+    python -m training.train_acat --config training/configs/brain_synth_demo.json --seed 0 --out runs/brain_ctl_mask
+
+Mask maps: the prepared lesion mask (``cache/mask.npy``) smoothed by 1 pixel, scaled to a peak of 1, zero
+without a lesion (so they also tell lesion from no lesion: an upper bound, not a method). Noise maps:
+uniform noise smoothed by 2 pixels and scaled to [0, 1], the value range of the real maps.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+SPLITS = ("train", "val", "test")
+
+
+def control_maps(kind: str, masks: np.ndarray, shape: tuple, rng: np.random.Generator) -> np.ndarray:
+    """(N, S, 1, H, W) float16 maps: `masks` (N, S, H, W) smoothed, or noise of `shape`."""
+    if kind == "mask":
+        maps = np.stack([gaussian_filter((m > 0).astype(np.float32), (0, 1, 1)) for m in masks])
+        peak = np.maximum(maps.reshape(len(maps), -1).max(1), 1e-6)
+        return (maps / peak[:, None, None, None])[:, :, None].astype(np.float16)
+    maps = gaussian_filter(rng.random(shape, dtype=np.float32), (0, 0, 0, 2, 2))
+    return ((maps - maps.min()) / (maps.max() - maps.min())).astype(np.float16)
+
+
+def link(src: Path, dst: Path):
+    if not dst.exists():
+        os.symlink(src.resolve(), dst)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--from", dest="src", required=True, help="a trained run's out_dir (with saliency maps)")
+    ap.add_argument("--to", dest="dst", required=True, help="the control run's out_dir (created)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kind", choices=["mask", "noise"], required=True)
+    args = ap.parse_args(argv)
+    src, dst = Path(args.src), Path(args.dst)
+    run, source = dst / f"seed{args.seed}", src / f"seed{args.seed}"
+    (run / "saliency").mkdir(parents=True, exist_ok=True)
+    for name in ("synth", "cache"):
+        link(src / name, dst / name)
+    for part in ("baseline", "autoencoder"):
+        link(source / part, run / part)
+    masks = np.load(src / "cache" / "mask.npy", mmap_mode="r")
+    rng = np.random.default_rng(args.seed)
+    for split in SPLITS:
+        index = np.load(source / "saliency" / f"{split}_index.npy")
+        shape = np.load(source / "saliency" / f"{split}.npy", mmap_mode="r").shape
+        np.save(run / "saliency" / f"{split}.npy", control_maps(args.kind, masks[index], shape, rng))
+        np.save(run / "saliency" / f"{split}_index.npy", index)
+    print(f"wrote {args.kind} maps to {run / 'saliency'}")
+
+
+if __name__ == "__main__":
+    main()
