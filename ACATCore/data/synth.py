@@ -79,6 +79,7 @@ import functools
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -493,38 +494,57 @@ def _grow_lesion(rng, allowed, centre, radius_mm, spacing_kji, roughness):
     return box, inside, profile
 
 
-def make_brain_case(rng, label: int, size_groups=(None, None), return_clean: bool = False,
-                    contrast_hu=None, radius_mm=None, variety: bool = True, acquisition=None) -> dict:
-    """One synthetic head CT. ``label``: 0 none, 1 left, 2 right, 3 both. Returns arrays + metadata.
+@dataclass
+class _Stack:
+    """One head on the sub-slices while it is rendered; ``code`` is already on the output slices."""
+    hu: np.ndarray                      # HU (atlas HU until the tissues are added)
+    d: np.ndarray                       # mm outside the brain (output scale)
+    dh: np.ndarray | None               # mm outside the head hull (output scale); dropped after use
+    sb: np.ndarray                      # skull-base (dense bone) fraction
+    code: np.ndarray                    # territory + 16 * parenchyma (uint8)
+    inv_w: np.ndarray                   # 1 / partial-volume box-filter width (1 / mm)
+    outside: np.ndarray | None = None   # fraction of each voxel outside the head
 
-    ``contrast_hu`` ([lo, hi] HU) replaces the standard extra lesion contrast ``LESION_EXTRA_CONTRAST_HU``;
-    ``radius_mm`` ([lo, hi]) the size group's radius range (the group is then the one the radius falls in).
-    ``variety`` False gives the plain heads (mild warp, 1 x 1 x 5 mm, 192 x 224 x 34); ``acquisition``
-    fixes single factors (see ``ACQUISITION``). Each lesion records its drawn ``radius_mm`` and its
-    ``equivalent_radius_mm`` from the voxel count (smaller where the territory's parenchyma runs out)
-    and ``centre_kji``, its deepest voxel.
 
-    Arrays are canonical LPS-axial ``[k, j, i]`` (identity direction), all on one grid: ``image`` int16 HU,
-    ``mask`` uint8 (territory label of each lesion voxel), ``regions`` uint8 (territory labels).
-    ``acquisition`` (dict) says what was drawn. With ``return_clean``: ``clean`` (before lesions and
-    noise), ``noiseless`` (before noise), ``head``, ``brain`` and ``holder`` (bool masks).
-    """
-    base = brain_base()
-    f = draw_brain_factors(rng, variety, acquisition)
-    rng_field, rng_lesion, rng_noise = (np.random.default_rng(int(s)) for s in rng.integers(0, 2 ** 32, 3))
-    g = _head_geometry(base, f, variety)
-    xs, ys, zs, zf = g["xs"], g["ys"], g["zs"], g["zf"]
-    K, J, I, n_sub = len(zs), len(ys), len(xs), g["n_sub"]
-    px, step, t = g["pixel_mm"], g["step"], g["slice_mm"]
-    shape = (K, J, I)
+def _ramp(x, b, inv_w):
+    """Fraction of each voxel beyond level ``b`` of ``x`` (box filter of width 1 / ``inv_w``)."""
+    return np.clip((x - b) * inv_w + 0.5, 0.0, 1.0)
 
-    # ---- render the sub-slice stack (K * n_sub slices of step mm), then average each slab
+
+def _variation(rng, shape, amount):
+    """A smooth relative thickness variation over ``shape`` (k, j, i): 1 + ``amount`` * s.d. 1, in 0.5-1.7."""
+    nf, J, I = shape
+    v = (_smooth_1d(rng, nf)[:, None, None] + _smooth_1d(rng, J)[None, :, None]
+         + _smooth_1d(rng, I)[None, None, :]) / np.float32(np.sqrt(3.0))
+    return np.clip(1.0 + np.float32(amount) * v, 0.5, 1.7)
+
+
+def _ellipse_sd(X, Y, a, b):
+    """~ Signed distance (mm) to the ellipse of half-axes ``a``, ``b``; > 0 outside."""
+    fval = np.sqrt((X / a) ** 2 + (Y / b) ** 2)
+    grad = np.sqrt((X / a ** 2) ** 2 + (Y / b ** 2) ** 2) / np.maximum(fval, 1e-6)
+    return (fval - 1.0) / np.maximum(grad, 1e-6)
+
+
+def _band(x, lo, hi, px):
+    """Fraction of each pixel (``px`` mm) with ``lo`` <= x <= ``hi``."""
+    return np.clip((x - lo) / px + 0.5, 0, 1) - np.clip((x - hi) / px + 0.5, 0, 1)
+
+
+def _slab(x, n_sub):
+    """Average each run of ``n_sub`` sub-slices into one slice."""
+    return x.reshape(x.shape[0] // n_sub, n_sub, *x.shape[1:]).mean(axis=1) if n_sub > 1 else x
+
+
+def _sample_head(base, f, g, rng_field) -> _Stack:
+    """The elastically warped atlas on the sub-slices: HU, distances, skull base, codes, filter widths."""
+    zf, step, px = g["zf"], g["step"], g["pixel_mm"]
     lattice = _control_lattice(base, g, rng_field, f["elastic_mm"])
     grid = _grid_at(lattice, zf, zf)
     hu_a = _sample(base["atlas"], grid, "bilinear")[0].numpy()
     d, dh, sb = _sample(base["coarse"], grid, "bilinear").numpy()
     del grid
-    code = _sample(base["labels"], _grid_at(lattice, zf, zs), "nearest", padding="zeros")[0].numpy()
+    code = _sample(base["labels"], _grid_at(lattice, zf, g["zs"]), "nearest", padding="zeros")[0].numpy()
     code = code.astype(np.uint8)
     s_mean = np.float32(np.mean(f["scale"]))
     d *= s_mean                                        # mm outside the brain, output scale
@@ -532,96 +552,82 @@ def make_brain_case(rng, label: int, size_groups=(None, None), return_clean: boo
     gz = np.gradient(d, step, axis=0) if len(zf) > 1 else np.zeros_like(d)
     gz2 = np.minimum(gz * gz, 1.0)
     inv_w = 1.0 / np.maximum(np.sqrt(gz2 * step ** 2 + (1.0 - gz2) * px ** 2), 0.3)   # box filter width
-    del gz, gz2
+    return _Stack(hu=hu_a, d=d, dh=dh, sb=sb, code=code, inv_w=inv_w)
 
-    def ramp(x, b):                                    # fraction of the voxel beyond level b of x
-        return np.clip((x - b) * inv_w + 0.5, 0.0, 1.0)
 
-    nf = len(zf)
-
-    def variation(amount):                             # smooth relative thickness variation
-        v = (_smooth_1d(rng_field, nf)[:, None, None] + _smooth_1d(rng_field, J)[None, :, None]
-             + _smooth_1d(rng_field, I)[None, None, :]) / np.float32(np.sqrt(3.0))
-        return np.clip(1.0 + np.float32(amount) * v, 0.5, 1.7)
-
-    brain = np.float32(30.0) + (hu_a - np.float32(30.0)) * np.float32(f["grey_white_gain"]) \
+def _add_tissues(f, g, rng_field, s: _Stack) -> None:
+    """Brain, CSF rim, skull (tables, diploe, dense base), scalp and fat: sets ``s.hu`` and ``s.outside``."""
+    nf_shape = (len(g["zf"]), len(g["ys"]), len(g["xs"]))
+    d, dh, inv_w = s.d, s.dh, s.inv_w
+    brain = np.float32(30.0) + (s.hu - np.float32(30.0)) * np.float32(f["grey_white_gain"]) \
         + np.float32(f["brain_offset"])
-    del hu_a
     b0 = 0.0
     b1 = b0 + f["csf_mm"]
-    bone = np.float32(f["skull_mm"]) * variation(f["skull_variation"])
+    bone = np.float32(f["skull_mm"]) * _variation(rng_field, nf_shape, f["skull_variation"])
     b4 = b1 + bone
     b2 = b1 + np.minimum(np.float32(f["inner_table_mm"]), 0.4 * bone)
     b3 = b4 - np.minimum(np.float32(f["outer_table_mm"]), 0.4 * bone)
     del bone
     table, diploe, scalp_hu = f["table_hu"], f["diploe_hu"], f["scalp_hu"]
-    hu = brain + (f["csf_hu"] - brain) * ramp(d, b0)
+    hu = brain + (f["csf_hu"] - brain) * _ramp(d, b0, inv_w)
     del brain
     for level, step_hu in ((b1, table - f["csf_hu"]), (b2, diploe - table), (b3, table - diploe),
                            (b4, scalp_hu - table)):
-        hu += np.float32(step_hu) * ramp(d, level)
+        hu += np.float32(step_hu) * _ramp(d, level, inv_w)
     del b2, b3
-    sb *= ramp(d, b0)                                  # skull base: dense (petrous-like) bone
-    hu += sb * (np.float32(f["petrous_hu"]) - hu)
-    b5 = b4 + np.float32(f["scalp_mm"]) * variation(0.3)
+    s.sb *= _ramp(d, b0, inv_w)                        # skull base: dense (petrous-like) bone
+    hu += s.sb * (np.float32(f["petrous_hu"]) - hu)
+    b5 = b4 + np.float32(f["scalp_mm"]) * _variation(rng_field, nf_shape, 0.3)
     if f["fat_mm"] > 0.2:                              # subcutaneous fat under the skin
-        fat = (ramp(dh, b5 - f["skin_mm"] - f["fat_mm"]) - ramp(dh, b5 - f["skin_mm"])) * ramp(d, b4 + 0.5)
+        fat = (_ramp(dh, b5 - f["skin_mm"] - f["fat_mm"], inv_w) - _ramp(dh, b5 - f["skin_mm"], inv_w)) \
+            * _ramp(d, b4 + 0.5, inv_w)
         hu += fat * np.float32(f["fat_hu"] - scalp_hu)
         del fat
-    outside = ramp(dh, b5)
-    del b4, b5, dh
+    s.hu, s.outside, s.dh = hu, _ramp(dh, b5, inv_w), None
 
-    # ---- outside the head: air, a foam pillow, a head holder (fixed to the table: not tilted)
-    xc, yc = g["centre_xy"]
+
+def _add_outside(f, g, s: _Stack) -> np.ndarray:
+    """Air, a foam pillow, a head holder (fixed to the table: not tilted) into ``s.hu``; returns the holder."""
+    xs, ys, zf, px, step = g["xs"], g["ys"], g["zf"], g["pixel_mm"], g["step"]
+    J, I = len(ys), len(xs)
+    yc = g["centre_xy"][1]
     hd = g["holder"]
     X = (xs[None, :] - hd["xc"]).astype(np.float32)
     Y = (ys[:, None] - yc).astype(np.float32)
-
-    def ellipse_sd(a, b):                              # ~ signed distance (mm) to the ellipse, > 0 outside
-        fval = np.sqrt((X / a) ** 2 + (Y / b) ** 2)
-        grad = np.sqrt((X / a ** 2) ** 2 + (Y / b ** 2) ** 2) / np.maximum(fval, 1e-6)
-        return (fval - 1.0) / np.maximum(grad, 1e-6)
-
-    def band(x, lo, hi):
-        return np.clip((x - lo) / px + 0.5, 0, 1) - np.clip((x - hi) / px + 0.5, 0, 1)
-
     holder2d = np.zeros((J, I), np.float32)
     pillow2d = np.zeros((J, I), np.float32)
     if f["holder"]:
-        sd = ellipse_sd(hd["a"], hd["b"])
-        holder2d = band(sd, 0.0, f["holder_mm"]) * np.clip((Y - f["holder_rim_mm"]) / px + 0.5, 0, 1)
+        sd = _ellipse_sd(X, Y, hd["a"], hd["b"])
+        holder2d = _band(sd, 0.0, f["holder_mm"], px) * np.clip((Y - f["holder_rim_mm"]) / px + 0.5, 0, 1)
         b_pillow = hd["b"]
     else:
         b_pillow = g["brain_hi"][1] - yc + (hd["b"] - (g["brain_hi"][1] - yc)) - f["holder_gap_mm"] \
             + f["pillow_mm"]
     if f["pillow"]:
-        sd = ellipse_sd(hd["a"], b_pillow)
+        sd = _ellipse_sd(X, Y, hd["a"], b_pillow)
         pillow2d = np.clip(-sd / px + 0.5, 0, 1) * np.clip((Y - f["pillow_level"] * b_pillow) / px + 0.5, 0, 1)
     holder_top = g["brain_hi"][2] + f["holder_top_mm"]
     hz = np.clip((holder_top - zf) / step + 0.5, 0, 1).astype(np.float32)[:, None, None]
     holder3d = holder2d[None] * hz
     v_out = np.float32(-1000.0) + pillow2d[None] * np.float32(f["pillow_hu"] + 1000.0) \
         + holder3d * np.float32(f["holder_hu"] + 1000.0)
-    hu += outside * (v_out - hu)
-    del v_out
+    s.hu += s.outside * (v_out - s.hu)
+    return holder3d
 
-    def slab(x):
-        return x.reshape(K, n_sub, J, I).mean(axis=1) if n_sub > 1 else x
 
-    hu, sb, d = slab(hu), slab(sb), slab(d)
-    head_w = 1.0 - slab(outside)
-    holder = slab(outside * holder3d) > 0.5 if return_clean else None
-    del outside, holder3d
-
-    # ---- on the output grid: brain bias, calibration offset, beam hardening
-    terr, paren = code % 16, code >= 16
+def _scanner_effects(f, g, rng_field, hu, sb, d, head_w):
+    """Brain bias, calibration offset and beam hardening on the output grid; returns (hu float32, brain_w)."""
+    xs, ys, px = g["xs"], g["ys"], g["pixel_mm"]
+    J, I = len(ys), len(xs)
     brain_w = np.clip(0.5 - d, 0.0, 1.0)
-    hu += _coarse_field(rng_field, 1, (4, 4, 4), shape, 2.0)[0].numpy() * brain_w
+    hu += _coarse_field(rng_field, 1, (4, 4, 4), (len(g["zs"]), J, I), 2.0)[0].numpy() * brain_w
     hu += np.float32(f["hu_offset"])
     if f["beam_hardening"]:
+        xc, yc = g["centre_xy"]
         lo, hi = g["brain_lo"], g["brain_hi"]
         rx, ry = (hi[0] - lo[0]) / 2 + 5.0, (hi[1] - lo[1]) / 2 + 5.0
         Xc = (xs[None, :] - xc).astype(np.float32)
+        Y = (ys[:, None] - yc).astype(np.float32)
         cup = np.clip(1.0 - (Xc / rx) ** 2 - (Y / ry) ** 2, 0.0, 1.0)          # cupping: darker centre
         hu -= np.float32(f["cupping_hu"]) * cup[None] * head_w
         shade = ndi.gaussian_filter(sb[:, ::4, ::4], (0, 1.5 / px, 1.5 / px))  # shading near the skull base
@@ -631,16 +637,22 @@ def make_brain_case(rng, label: int, size_groups=(None, None), return_clean: boo
         lobes = 0.55 + 0.45 * np.cos(f["streak_lobes"] * np.arctan2(Y, Xc) + f["streak_phase"])
         hu -= np.float32(f["streak_hu"]) * shade * lobes[None].astype(np.float32) * head_w
         del shade
-    hu = hu.astype(np.float32)
-    clean = hu.copy() if return_clean else None
+    return hu.astype(np.float32), brain_w
 
-    # ---- lesions (output grid: the mask is exact)
+
+def _brain_noise(f, t, variety: bool):
+    """(noise0, noise_sd): the noise s.d. in HU before ``noise_scale`` (the lesion contrast's base) and after."""
     noise0 = f["noise_5mm_hu"] * ((5.0 / t) ** 0.35 if variety else 1.0)
     noise0 = float(np.clip(noise0, 2.0, 8.0)) if variety else float(noise0)
-    noise_sd = noise0 * f["noise_scale"]
+    return noise0, noise0 * f["noise_scale"]
+
+
+def _add_lesions(rng_lesion, hu, terr, paren, label: int, size_groups, *, radius_mm, contrast_hu, noise0,
+                 spacing_kji):
+    """The lesions of ``label`` darkened into ``hu`` (in place); returns (mask, one record per lesion)."""
+    shape = hu.shape
     sides = {0: [], 1: ["left"], 2: ["right"], 3: ["left", "right"]}[label]
     mask = np.zeros(shape, dtype=np.uint8)
-    spacing_kji = (t, px, px)
     lesions = []
     for n_lesion, side in enumerate(sides):
         group = size_groups[n_lesion] or SIZE_GROUPS[rng_lesion.integers(4)]
@@ -673,11 +685,14 @@ def make_brain_case(rng, label: int, size_groups=(None, None), return_clean: boo
                                                             ** (1 / 3)), 2),
                         "contrast_hu": round(float(contrast), 2), "voxels": voxels,
                         "centre_kji": [int(c) for c in centre]})
-    noiseless = hu.copy() if return_clean else None
-    if noise_sd > 0:
-        hu += _ct_noise(rng_noise, shape, noise_sd, f["noise_corr_mm"] / px, f["noise_ring"])
-    image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
-    acq = {"variety": bool(variety), "slice_mm": round(t, 3), "pixel_mm": round(px, 3), "sub_slices": n_sub,
+    return mask, lesions
+
+
+def _acquisition_record(f, g, variety: bool) -> dict:
+    """What was drawn for the case (the datalist item's ``acquisition``), rounded."""
+    K, J, I = len(g["zs"]), len(g["ys"]), len(g["xs"])
+    acq = {"variety": bool(variety), "slice_mm": round(g["slice_mm"], 3), "pixel_mm": round(g["pixel_mm"], 3),
+           "sub_slices": g["n_sub"],
            "shape_kji": [K, J, I], "tilt_deg": f["tilt_deg"], "roll_deg": f["roll_deg"], "yaw_deg": f["yaw_deg"],
            "head_scale": f["head_scale"], "scale_xyz": [float(s) for s in f["scale"]],
            "elastic_mm": f["elastic_mm"], "hu_offset": f["hu_offset"], "noise_scale": f["noise_scale"],
@@ -686,11 +701,58 @@ def make_brain_case(rng, label: int, size_groups=(None, None), return_clean: boo
            "beam_hardening": bool(f["beam_hardening"]), "skull_mm": f["skull_mm"], "scalp_mm": f["scalp_mm"],
            "csf_mm": f["csf_mm"], "cupping_hu": f["cupping_hu"] * f["beam_hardening"],
            "streak_hu": f["streak_hu"] * f["beam_hardening"]}
-    acq = {k: (round(v, 3) if isinstance(v, float) else [round(x, 4) for x in v] if isinstance(v, list)
-               and v and isinstance(v[0], float) else v) for k, v in acq.items()}
+    return {k: (round(v, 3) if isinstance(v, float) else [round(x, 4) for x in v] if isinstance(v, list)
+                and v and isinstance(v[0], float) else v) for k, v in acq.items()}
+
+
+def make_brain_case(rng, label: int, size_groups=(None, None), return_clean: bool = False,
+                    contrast_hu=None, radius_mm=None, variety: bool = True, acquisition=None) -> dict:
+    """One synthetic head CT. ``label``: 0 none, 1 left, 2 right, 3 both. Returns arrays + metadata.
+
+    ``contrast_hu`` ([lo, hi] HU) replaces the standard extra lesion contrast ``LESION_EXTRA_CONTRAST_HU``;
+    ``radius_mm`` ([lo, hi]) the size group's radius range (the group is then the one the radius falls in).
+    ``variety`` False gives the plain heads (mild warp, 1 x 1 x 5 mm, 192 x 224 x 34); ``acquisition``
+    fixes single factors (see ``ACQUISITION``). Each lesion records its drawn ``radius_mm`` and its
+    ``equivalent_radius_mm`` from the voxel count (smaller where the territory's parenchyma runs out)
+    and ``centre_kji``, its deepest voxel.
+
+    Arrays are canonical LPS-axial ``[k, j, i]`` (identity direction), all on one grid: ``image`` int16 HU,
+    ``mask`` uint8 (territory label of each lesion voxel), ``regions`` uint8 (territory labels).
+    ``acquisition`` (dict) says what was drawn. With ``return_clean``: ``clean`` (before lesions and
+    noise), ``noiseless`` (before noise), ``head``, ``brain`` and ``holder`` (bool masks).
+    """
+    base = brain_base()
+    f = draw_brain_factors(rng, variety, acquisition)
+    rng_field, rng_lesion, rng_noise = (np.random.default_rng(int(s)) for s in rng.integers(0, 2 ** 32, 3))
+    g = _head_geometry(base, f, variety)
+    xs, ys, zs, n_sub = g["xs"], g["ys"], g["zs"], g["n_sub"]
+    px, t = g["pixel_mm"], g["slice_mm"]
+
+    # ---- render the sub-slice stack (K * n_sub slices of step mm), then average each slab
+    s = _sample_head(base, f, g, rng_field)
+    _add_tissues(f, g, rng_field, s)
+    holder3d = _add_outside(f, g, s)                   # ---- outside the head
+    hu, sb, d = _slab(s.hu, n_sub), _slab(s.sb, n_sub), _slab(s.d, n_sub)
+    head_w = 1.0 - _slab(s.outside, n_sub)
+    holder = _slab(s.outside * holder3d, n_sub) > 0.5 if return_clean else None
+    terr, paren = s.code % 16, s.code >= 16
+    del s, holder3d
+
+    # ---- on the output grid: brain bias, calibration offset, beam hardening
+    hu, brain_w = _scanner_effects(f, g, rng_field, hu, sb, d, head_w)
+    clean = hu.copy() if return_clean else None
+
+    # ---- lesions (output grid: the mask is exact), then noise
+    noise0, noise_sd = _brain_noise(f, t, variety)
+    mask, lesions = _add_lesions(rng_lesion, hu, terr, paren, label, size_groups, radius_mm=radius_mm,
+                                 contrast_hu=contrast_hu, noise0=noise0, spacing_kji=(t, px, px))
+    noiseless = hu.copy() if return_clean else None
+    if noise_sd > 0:
+        hu += _ct_noise(rng_noise, hu.shape, noise_sd, f["noise_corr_mm"] / px, f["noise_ring"])
+    image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
     case = {"image": image, "mask": mask, "regions": terr, "lesions": lesions, "noise_hu": float(noise_sd),
             "spacing": (px, px, t), "direction": np.eye(3), "origin": (float(xs[0]), float(ys[0]), float(zs[0])),
-            "acquisition": acq}
+            "acquisition": _acquisition_record(f, g, variety)}
     if return_clean:   # for tests: the head before lesions and before noise
         case["clean"], case["noiseless"] = clean, noiseless
         case["head"], case["holder"], case["brain"] = head_w > 0.5, holder, brain_w > 0.5
