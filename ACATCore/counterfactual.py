@@ -45,22 +45,19 @@ the final probabilities are always computed in float32, so bf16 rounding noise n
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import math
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .counterfactual_options import OPTIMIZERS, PRECISIONS, CounterfactualOptions
+from .counterfactual_solvers import SOLVERS
 from .errors import ACATError, ConfigError, InputError
 
 ENCODE_CHUNK = 4   # slices per encoder call (no-grad); bounds the memory of E(x)
-OPTIMIZERS = ("sgd", "fista", "adam")
-PRECISIONS = ("fp32", "bf16")
-SCHEDULES = ("constant", "cosine", "adaptive")
 _log = logging.getLogger(__name__)
 
 __all__ = ["CounterfactualOptions", "CounterfactualResult", "generate", "frozen_eval", "WithSaliency",
@@ -136,119 +133,6 @@ def steerable_logits(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The logits the counterfactual engine steers: ``counterfactual_logits`` if present, else forward."""
     fn = getattr(classifier, "counterfactual_logits", None)
     return fn(x) if fn is not None else classifier(x)
-
-
-# ----------------------------------------------------------------------------------------- options
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _need(ok: bool, what: str, value) -> Optional[str]:
-    return None if ok else f"{what}, not {value!r}"
-
-
-def _choice(name: str, value, allowed) -> Optional[str]:
-    return None if value in allowed else \
-        f"{name} must be one of {', '.join(repr(a) for a in allowed)}, not {value!r}"
-
-
-@dataclass(frozen=True)
-class CounterfactualOptions:
-    """Every option of the Eq. 4 search, checked when made (a bad value raises ConfigError).
-
-    steps, alpha: Eq. 4 (paper: 20, 100). step_size: descent step (0.1). optimizer: "sgd" (paper:
-    plain gradient descent) | "fista" (proximal steps with Nesterov momentum and restart) | "adam".
-    momentum: FISTA's momentum cap in [0, 1) (its Nesterov coefficient never exceeds it). schedule:
-    "constant" | "cosine" (step size down to 0 over ``steps``) | "adaptive" (per pair: x1.25 after a
-    step that lowered its Eq. 4 value, up to 4x step_size; halved after one that raised it).
-    l1: "mean" | "sum" reduction of |z - E(x)| per volume. l1_update: "proximal" | "subgradient" (the
-    authors' exact update; sgd only).
-    stop_at: freeze a (target, volume) pair once its target probability reaches this. seed: torch seed
-    for the call (None: no seeding; the caller's RNG state is restored). return_latents: also return z'.
-    decode_chunk: slices per decoder call in the search (None: all at once; else recomputed in the
-    backward pass: same gradient, bounded memory). fuse: fold BatchNorm into the conv before it.
-    precision: "fp32" | "bf16" (autocast of the search; maps always decoded in float32). compile:
-    torch.compile the decode-classify step (falls back to eager, with a log line, if it fails).
-    """
-
-    steps: int = 20
-    alpha: float = 100.0
-    step_size: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    schedule: str = "constant"
-    l1: str = "mean"
-    l1_update: str = "proximal"
-    stop_at: Optional[float] = None
-    seed: Optional[int] = 0
-    return_latents: bool = False
-    decode_chunk: Optional[int] = None
-    fuse: bool = True
-    precision: str = "fp32"
-    compile: bool = False
-
-    def __post_init__(self):
-        problems = [p for p in self._problems() if p]
-        if problems:
-            raise ConfigError("counterfactual: " + "; ".join(problems))
-
-    def _problems(self) -> Iterator[Optional[str]]:
-        o = self
-        yield _need(_is_int(o.steps) and o.steps >= 0, "steps must be a whole number >= 0", o.steps)
-        yield _need(_is_number(o.alpha) and o.alpha >= 0, "alpha must be a finite number >= 0", o.alpha)
-        yield _need(_is_number(o.step_size) and o.step_size > 0, "step_size must be a finite number > 0", o.step_size)
-        yield _choice("optimizer", o.optimizer, OPTIMIZERS)
-        yield _need(_is_number(o.momentum) and 0 <= o.momentum < 1, "momentum must be in [0, 1)", o.momentum)
-        yield _choice("schedule", o.schedule, SCHEDULES)
-        yield _choice("l1", o.l1, ("mean", "sum"))
-        yield _choice("l1_update", o.l1_update, ("proximal", "subgradient"))
-        yield _need(o.stop_at is None or (_is_number(o.stop_at) and 0 < o.stop_at <= 1),
-                    "stop_at must be in (0, 1] or None", o.stop_at)
-        yield _need(o.seed is None or _is_int(o.seed), "seed must be a whole number or None", o.seed)
-        yield _need(o.decode_chunk is None or (_is_int(o.decode_chunk) and o.decode_chunk >= 1),
-                    "decode_chunk must be a whole number >= 1 or None", o.decode_chunk)
-        yield _choice("precision", o.precision, PRECISIONS)
-        for name in ("return_latents", "fuse", "compile"):
-            yield _need(isinstance(getattr(o, name), bool), f"{name} must be True or False", getattr(o, name))
-
-    @classmethod
-    def build(cls, options: "Optional[CounterfactualOptions | dict]" = None, **overrides) -> "CounterfactualOptions":
-        """Options from an instance, a dict (e.g. a model card's saliency options) and/or keywords;
-        an unknown name raises ConfigError listing the known ones."""
-        if options is not None and not isinstance(options, (cls, dict)):
-            raise ConfigError(f"counterfactual: options must be a CounterfactualOptions or a dict, "
-                              f"not {type(options).__name__}")
-        values = dataclasses.asdict(options) if isinstance(options, cls) else dict(options or {})
-        values.update(overrides)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"counterfactual: unknown option(s) {', '.join(map(repr, unknown))}; "
-                              f"known: {', '.join(sorted(known))}")
-        return cls(**_normalised(values))
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def _normalised(values: dict) -> dict:
-    """Numbers as their declared types where that loses nothing (JSON's 20.0 for 20, numpy scalars)."""
-    out = dict(values)
-    for key in ("steps", "decode_chunk", "seed"):
-        v = out.get(key)
-        if isinstance(v, float) and v.is_integer():
-            out[key] = int(v)
-        elif v is not None and not isinstance(v, bool) and hasattr(v, "__index__"):
-            out[key] = int(v)
-    for key in ("alpha", "step_size", "momentum", "stop_at"):
-        v = out.get(key)
-        if v is not None and not isinstance(v, (bool, str)) and hasattr(v, "__float__"):
-            out[key] = float(v)
-    return out
 
 
 # ----------------------------------------------------------------------------------------- result
@@ -400,118 +284,6 @@ def _rows(idx: torch.Tensor, S: int) -> torch.Tensor:
     return (idx[:, None] * S + torch.arange(S, device=idx.device)[None]).reshape(-1)
 
 
-# ----------------------------------------------------------------------------------------- solvers
-def _soft_threshold(v: torch.Tensor, z0: torch.Tensor, thr: float) -> torch.Tensor:
-    """Proximal step of thr * |z - z0|_1: each element of v - z0 shrinks by thr, stopping at 0."""
-    d = v - z0
-    return z0 + torch.sign(d) * (d.abs() - thr).clamp_min(0)
-
-
-class _Solver:
-    """One update rule of Eq. 4 for the pairs still running (``idx``, their latent rows ``rows``).
-
-    ``l1_in_loss``: the L1 term is part of the differentiated loss (subgradient); otherwise the
-    update applies it by its proximal step. ``observe`` gets each evaluation's Eq. 4 values (for
-    ``schedule="adaptive"``); ``update`` returns the new latents of ``rows``."""
-
-    l1_in_loss = False
-
-    def __init__(self, opts: CounterfactualOptions, alpha_eff: float, n_pairs: int, S: int):
-        self.opts, self.alpha_eff, self.S, self.k = opts, alpha_eff, S, 0
-        self.scale = torch.ones(n_pairs)          # adaptive: each pair's step factor
-        self.last = torch.full((n_pairs,), math.inf)
-        self.rose = torch.zeros(n_pairs, dtype=torch.bool)
-
-    def observe(self, idx, objective):
-        """Adaptive schedule: a pair's step grows 1.25x (up to 4x) while its Eq. 4 value falls and halves
-        when it rises (the move is kept; momentum restarts)."""
-        if self.opts.schedule != "adaptive":
-            return
-        obj, cpu = objective.detach().float().cpu(), idx.cpu()
-        last = self.last[cpu]
-        rose = obj > last
-        grow = torch.where(rose, torch.full_like(obj, 0.5), torch.full_like(obj, 1.25))
-        self.scale[cpu] = torch.where(torch.isfinite(last), (self.scale[cpu] * grow).clamp(max=4.0),
-                                      self.scale[cpu])
-        self.rose[cpu], self.last[cpu] = rose, obj
-
-    def lr(self, idx, like) -> torch.Tensor:
-        """The step size of step ``self.k`` for each latent row of the pairs ``idx``: (n*S, 1, 1, 1)."""
-        s = self.opts.step_size
-        if self.opts.schedule == "cosine" and self.opts.steps > 0:
-            s = s * 0.5 * (1 + math.cos(math.pi * self.k / self.opts.steps))
-        per_pair = s * self.scale[idx.cpu()]
-        return per_pair.to(like.device, like.dtype).repeat_interleave(self.S).reshape(-1, 1, 1, 1)
-
-    def update(self, zz, grad, z0r, idx, rows):
-        raise NotImplementedError
-
-
-class _GradientDescent(_Solver):
-    """The paper's plain gradient descent: proximal (ISTA) or, as the authors, subgradient L1."""
-
-    def __init__(self, opts, alpha_eff, n_pairs, S):
-        super().__init__(opts, alpha_eff, n_pairs, S)
-        self.l1_in_loss = opts.l1_update == "subgradient"
-
-    def update(self, zz, grad, z0r, idx, rows):
-        s = self.lr(idx, zz)
-        if self.l1_in_loss:
-            return zz - s * grad
-        return _soft_threshold(zz - s * grad, z0r, s * self.alpha_eff)
-
-
-class _Fista(_Solver):
-    """Proximal gradient with Nesterov momentum (FISTA, Beck & Teboulle 2009), its coefficient capped
-    at ``momentum`` and restarted per pair (O'Donoghue & Candes 2015) when the proximal step turns
-    against the last move or the Eq. 4 value rose. The latent handed back (and evaluated next) is the
-    extrapolated point; the state holds the proximal iterates. No extra evaluation per step."""
-
-    def __init__(self, opts, alpha_eff, n_pairs, S):
-        super().__init__(opts, alpha_eff, n_pairs, S)
-        self.prev, self.t = None, torch.ones(n_pairs)
-
-    def update(self, zz, grad, z0r, idx, rows):
-        if self.prev is None:          # before the first step the "last iterate" is the start
-            self.prev = torch.zeros(self.scale.numel() * self.S, *zz.shape[1:], device=zz.device, dtype=zz.dtype)
-            self.prev[rows] = zz
-        s = self.lr(idx, zz)
-        x = _soft_threshold(zz - s * grad, z0r, s * self.alpha_eff)
-        x_old, cpu, n = self.prev[rows], idx.cpu(), idx.numel()
-        against = ((zz - x) * (x - x_old)).reshape(n, -1).sum(1).cpu() > 0
-        t_old = torch.where(against | self.rose[cpu], torch.ones(n), self.t[cpu])
-        t_new = (1 + torch.sqrt(1 + 4 * t_old * t_old)) / 2
-        beta = ((t_old - 1) / t_new).clamp(max=self.opts.momentum)
-        self.prev[rows], self.t[cpu] = x, t_new
-        beta = beta.to(zz.device, zz.dtype).repeat_interleave(self.S).reshape(-1, 1, 1, 1)
-        return x + beta * (x - x_old)
-
-
-class _Adam(_Solver):
-    """Adam (Kingma & Ba 2015, PyTorch's defaults) on the subgradient of the whole Eq. 4 loss; the
-    moments of a row change only while its pair runs."""
-
-    l1_in_loss = True
-
-    def __init__(self, opts, alpha_eff, n_pairs, S, betas=(0.9, 0.999), eps=1e-8):
-        super().__init__(opts, alpha_eff, n_pairs, S)
-        self.betas, self.eps, self.m, self.v = betas, eps, None, None
-
-    def update(self, zz, grad, z0r, idx, rows):
-        if self.m is None:
-            self.m = torch.zeros(self.scale.numel() * self.S, *zz.shape[1:], device=zz.device, dtype=zz.dtype)
-            self.v = torch.zeros_like(self.m)
-        b1, b2 = self.betas
-        m = self.m[rows] * b1 + (1 - b1) * grad
-        v = self.v[rows] * b2 + (1 - b2) * grad * grad
-        self.m[rows], self.v[rows] = m, v
-        n = self.k + 1
-        denom = (v.sqrt() / math.sqrt(1 - b2 ** n)).add_(self.eps)
-        return zz - (self.lr(idx, zz) / (1 - b1 ** n)) * m / denom
-
-
-_SOLVERS = {"sgd": _GradientDescent, "fista": _Fista, "adam": _Adam}
-
 
 # ------------------------------------------------------------------------------------------ search
 class _Search:
@@ -602,7 +374,7 @@ class _Search:
         self.z = self.z0_all.clone()
         n = self.z0[0:S].numel()
         self.alpha_eff = self.opts.alpha / n if self.opts.l1 == "mean" else self.opts.alpha
-        self.solver = _SOLVERS[self.opts.optimizer](self.opts, self.alpha_eff, T * B, S)
+        self.solver = SOLVERS[self.opts.optimizer](self.opts, self.alpha_eff, T * B, S)
         self.active = torch.ones(T * B, dtype=torch.bool, device=dev)
         self.taken = torch.zeros(T * B, dtype=torch.long, device=dev)
         self.p_now = torch.zeros(T * B, device=dev)

@@ -277,17 +277,14 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
     ----------
     volume_or_path: a :class:`Volume`, a numpy array ``(z, y, x)`` in HU, a CT file or a DICOM folder.
     model: "brain", "lung", a bundle folder, or a loaded ``Bundle``.
-    coverage: "full" (every input slice seen by the model, several offset samplings) or "sampled"
-        (the paper's single sampling of S slices).
-    steps, alpha: counterfactual gradient steps and L1 weight (paper: 20, 100).
-    device: "auto", "cpu", "cuda", "cuda:1", ...
+    coverage: "full" (every input slice seen, several offset samplings) or "sampled" (the paper's one).
+    steps, alpha: counterfactual gradient steps and L1 weight (paper: 20, 100). device: "auto", "cpu", "cuda:1".
     progress: ``callback(stage, fraction)``; stage in :data:`STAGES` (then "done"), fraction overall.
     cancel: a ``threading.Event``; when set the analysis stops at the next check with :class:`Cancelled`.
     out: a folder: also write the maps, JSON and (``report=True``) the visual report there (atomic).
     early_stop: stop a counterfactual once its target probability reaches this (default 0.9, see the
         module docstring; None: the paper's fixed number of steps). ``counterfactual.generate``'s ``stop_at``.
-    pixel_budget: pixels (samplings x S x H x W) run together in one batched graph; bounds peak
-        memory without changing the result (the decoder is bounded by ``DECODE_PIXEL_BUDGET``).
+    pixel_budget: pixels (samplings x S x H x W) in one batched graph: bounds memory, same result.
     counterfactual_options: options of the search (``ACATCore.counterfactual.CounterfactualOptions``)
         over ``DEFAULT_SEARCH`` (e.g. ``FAST_SEARCH`` with ``steps=FAST_STEPS, early_stop=None``,
         ``{"precision": "bf16"}``, ``{"decode_chunk": 4}``); checked before any work.
