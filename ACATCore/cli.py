@@ -1,8 +1,8 @@
 """The ``acat`` command.
 
     acat analyze INPUT --model lung|brain|BUNDLE_DIR --out DIR [--format nrrd|nifti]
-                 [--coverage full|sampled] [--steps 20] [--alpha 100] [--device auto]
-                 [--early-stop P] [--solver gd|fista] [--no-report] [--overwrite] [--json] [--quiet]
+                 [--coverage full|sampled] [--solver fista|gd] [--steps 7] [--alpha 100]
+                 [--early-stop P] [--device auto] [--no-report] [--overwrite] [--json] [--quiet]
     acat info MODEL [--json]
     acat synth ...            (the ACAT-Synth generator: ``acat synth --help``)
 
@@ -28,11 +28,10 @@ import threading
 import warnings
 from pathlib import Path
 
+from .counterfactual_options import FAST_SEARCH, FAST_STEPS, PAPER_SEARCH, PAPER_STEPS
 from .errors import ACATError, ConfigError, InputError, ModelFileError
 from .file_checks import DICOM_SUFFIXES, FILE_SUFFIXES, display_path
 
-DEFAULT_EARLY_STOP = 0.9   # the same as ACATCore.pipeline.DEFAULT_EARLY_STOP (a test keeps them equal)
-FAST_SEARCH = {"optimizer": "fista", "schedule": "adaptive"}   # ACATCore.pipeline.FAST_SEARCH (tested equal)
 
 
 def _probability_or_none(text: str):
@@ -83,14 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--coverage", choices=("full", "sampled"), default="full",
                    help="full: the model sees every slice (several samplings, default); sampled: the "
                    "paper's single sampling of S slices")
-    a.add_argument("--steps", type=int, default=20, help="counterfactual gradient steps (default 20)")
+    a.add_argument("--steps", type=int, default=None,
+                   help=f"counterfactual steps (default {FAST_STEPS} with --solver fista, {PAPER_STEPS} with gd)")
     a.add_argument("--alpha", type=float, default=100.0, help="counterfactual L1 weight (default 100)")
-    a.add_argument("--early-stop", type=_probability_or_none, default=DEFAULT_EARLY_STOP, metavar="P",
-                   help="stop a counterfactual once its target probability reaches P (default "
-                   f"{DEFAULT_EARLY_STOP}); 'none' runs the paper's fixed number of steps")
-    a.add_argument("--solver", choices=("gd", "fista"), default="gd",
-                   help="counterfactual search: gd (the paper's plain gradient descent, default) or fista "
-                   "(momentum, adaptive steps: with --steps 7 --early-stop none the paper's 20-step maps)")
+    a.add_argument("--early-stop", type=_probability_or_none, default=None, metavar="P",
+                   help="stop a counterfactual once its target probability reaches P (default none: "
+                   "every counterfactual runs all its steps)")
+    a.add_argument("--solver", choices=("fista", "gd"), default="fista",
+                   help=f"counterfactual search: fista (momentum, adaptive steps, default: in {FAST_STEPS} steps "
+                   f"the value of the paper's {PAPER_STEPS}) or gd (the paper's plain gradient descent)")
     a.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     a.add_argument("--batch", action="store_true", help="treat INPUT as a batch even if it looks like one case")
     a.add_argument("--no-report", action="store_true", help="skip the PNG/HTML report")
@@ -221,6 +221,8 @@ def _analyze(args) -> int:
     from .outputs import check_output_folder
     if args.model is None or not str(args.model).strip():
         raise ConfigError("--model is required: a shipped model name (brain, lung) or a bundle folder")
+    if args.steps is None:
+        args.steps = FAST_STEPS if args.solver == "fista" else PAPER_STEPS
     if args.steps < 0 or args.steps > 10000:
         raise ConfigError(f"--steps must be 0..10000, not {args.steps}")
     if not 0 <= args.alpha <= 1e9:
@@ -251,7 +253,7 @@ def _analyze(args) -> int:
     options = dict(model=args.model, coverage=args.coverage, steps=args.steps, alpha=args.alpha,
                    device=args.device, early_stop=args.early_stop, out_format=args.format,
                    report=not args.no_report, overwrite=args.overwrite,
-                   counterfactual_options=FAST_SEARCH if args.solver == "fista" else None)
+                   counterfactual_options=FAST_SEARCH if args.solver == "fista" else PAPER_SEARCH)
     if cases is None:
         return _analyze_one(source, out, args, options)
     return _analyze_batch(cases, out, args, options)

@@ -13,6 +13,19 @@ OPTIMIZERS = ("sgd", "fista", "adam")
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("constant", "cosine", "adaptive")
 
+# Presets of the search; ``analyze``, the ``acat`` command and the Slicer module take theirs from here.
+# PAPER: Sec. 3's plain gradient descent, 20 steps (``generate``'s own default). FAST: FISTA with adaptive
+# steps; in 7 steps it reaches the paper's 20-step Eq. 4 value, maps Pearson >= 0.995 on the trained
+# bundles (docs/analyze.md, "Speed"). analyze's default is FAST without early stop: on fresh cases it
+# gives the paper preset's accuracy and hit score at about 40% of the time (docs/RESULTS.md).
+PAPER_SEARCH = {"optimizer": "sgd", "schedule": "constant"}
+PAPER_STEPS = 20
+FAST_SEARCH = {"optimizer": "fista", "schedule": "adaptive"}
+FAST_STEPS = 7
+DEFAULT_SEARCH = dict(FAST_SEARCH)
+DEFAULT_STEPS = FAST_STEPS
+DEFAULT_EARLY_STOP = None        # analyze's: no early stop (a probability in (0, 1] turns it on)
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 

@@ -30,16 +30,19 @@ stages under ``torch.inference_mode``, BatchNorm folded into the preceding convo
 (exact: eval-mode BatchNorm is affine), and the decoder run in chunks of slices (recomputed in the
 backward pass) beyond ``DECODE_PIXEL_BUDGET`` pixels, which bounds the memory of a brain volume.
 
-Early stop (``early_stop``, default ``DEFAULT_EARLY_STOP`` = 0.9): a counterfactual ends once its target
-probability reaches 0.9, and that (target, sampling) pair leaves the batch (it costs nothing more).
-A target the classifier already gives >= 0.9 therefore stops at step 0: its counterfactual is the
-reconstruction D(E(x)), its map |D(E(x)) - D(z0)| is zero, and it contributes nothing to the
-class-agnostic saliency, which is then the (normalised) map of the other target(s): the change needed
-to leave the predicted class. Each target map is normalised by its own max and the mean over targets is
-normalised again, so a zero map only lowers the mean by a constant factor that the final
-normalisation removes. With two classes at most one target can start above 0.9, so the saliency is
-never empty because of early stop. ``early_stop=None`` runs the paper's fixed number of steps
-(``counterfactual.generate``'s default, paper-faithful). The counterfactual search is checked for
+The search (``DEFAULT_SEARCH``, ``DEFAULT_STEPS``): Eq. 4 solved by FISTA with adaptive steps, 7 steps,
+which reaches the value of the paper's 20 plain gradient steps (``PAPER_SEARCH``, ``PAPER_STEPS``: pass
+``counterfactual_options=PAPER_SEARCH, steps=PAPER_STEPS`` for the paper's own search).
+
+Early stop (``early_stop``, default ``None``: every pair runs all its steps): with a probability P, a
+counterfactual ends once its target probability reaches P, and that (target, sampling) pair leaves the
+batch (it costs nothing more). A target the classifier already gives >= P therefore stops at step 0: its
+counterfactual is the reconstruction D(E(x)), its map |D(E(x)) - D(z0)| is zero, and it contributes
+nothing to the class-agnostic saliency, which is then the (normalised) map of the other target(s): the
+change needed to leave the predicted class. Each target map is normalised by its own max and the mean
+over targets is normalised again, so a zero map only lowers the mean by a constant factor that the final
+normalisation removes. With two classes at most one target can start above P > 0.5, so the saliency is
+never empty because of early stop. The counterfactual search is checked for
 ``cancel`` at every step.
 """
 from __future__ import annotations
@@ -53,6 +56,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+# analyze's search defaults; the presets (PAPER_SEARCH / PAPER_STEPS, FAST_SEARCH / FAST_STEPS) live there too
+from .counterfactual_options import DEFAULT_EARLY_STOP, DEFAULT_SEARCH, DEFAULT_STEPS
 from .errors import ACATError, ConfigError, InputError, ModelFileError
 from .preprocessing import SliceMerger
 from .result import ATTENTION_NAMES, AnalysisResult
@@ -68,16 +73,6 @@ DEFAULT_PIXEL_BUDGET = 2_500_000
 # Pixels of decoder output whose graph is held at once in the counterfactual search (beyond it the
 # decoder runs in chunks of slices and is recomputed in the backward pass: the same gradient).
 DECODE_PIXEL_BUDGET = 800_000
-# Default early stop of ``analyze``: a counterfactual ends once its target probability reaches this.
-DEFAULT_EARLY_STOP = 0.9
-# Solvers of the Eq. 4 search (docs/analyze.md, Speed). PAPER_SEARCH: the paper's plain gradient
-# descent, ``counterfactual.generate``'s default and analyze's (DEFAULT_SEARCH). FAST_SEARCH: FISTA with
-# adaptive steps; with FAST_STEPS steps and no early stop it reaches the paper's 20-step objective and
-# maps (Pearson >= 0.99 on the trained bundles) at 7/20 of the cost.
-PAPER_SEARCH = {"optimizer": "sgd", "schedule": "constant"}
-FAST_SEARCH = {"optimizer": "fista", "schedule": "adaptive"}
-FAST_STEPS = 7
-DEFAULT_SEARCH = dict(PAPER_SEARCH)
 
 
 class Cancelled(ACATError):
@@ -265,7 +260,7 @@ def _prepare_all(volume, spec, coverage, prog):
 
 
 # -------------------------------------------------------------------------------------- analysis
-def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 20,
+def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = DEFAULT_STEPS,
             alpha: float = 100.0, device: str = "auto", progress: Optional[Callable] = None,
             cancel: Optional[threading.Event] = None, out=None, out_format: str = "nrrd",
             overwrite: bool = False, report: bool = True, early_stop: Optional[float] = DEFAULT_EARLY_STOP,
@@ -278,15 +273,16 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
     volume_or_path: a :class:`Volume`, a numpy array ``(z, y, x)`` in HU, a CT file or a DICOM folder.
     model: "brain", "lung", a bundle folder, or a loaded ``Bundle``.
     coverage: "full" (every input slice seen, several offset samplings) or "sampled" (the paper's one).
-    steps, alpha: counterfactual gradient steps and L1 weight (paper: 20, 100). device: "auto", "cpu", "cuda:1".
+    steps, alpha: counterfactual steps (default 7 of the FISTA search; the paper's plain gradient descent:
+        20) and L1 weight (100). device: "auto", "cpu", "cuda:1".
     progress: ``callback(stage, fraction)``; stage in :data:`STAGES` (then "done"), fraction overall.
     cancel: a ``threading.Event``; when set the analysis stops at the next check with :class:`Cancelled`.
     out: a folder: also write the maps, JSON and (``report=True``) the visual report there (atomic).
-    early_stop: stop a counterfactual once its target probability reaches this (default 0.9, see the
-        module docstring; None: the paper's fixed number of steps). ``counterfactual.generate``'s ``stop_at``.
+    early_stop: stop a counterfactual once its target probability reaches this (default None: every
+        counterfactual runs all its steps; see the module docstring). ``counterfactual.generate``'s ``stop_at``.
     pixel_budget: pixels (samplings x S x H x W) in one batched graph: bounds memory, same result.
     counterfactual_options: options of the search (``ACATCore.counterfactual.CounterfactualOptions``)
-        over ``DEFAULT_SEARCH`` (e.g. ``FAST_SEARCH`` with ``steps=FAST_STEPS, early_stop=None``,
+        over ``DEFAULT_SEARCH`` (e.g. ``counterfactual_options.PAPER_SEARCH`` with ``steps=PAPER_STEPS``,
         ``{"precision": "bf16"}``, ``{"decode_chunk": 4}``); checked before any work.
     channels_last: on the CPU, run the nets in channels-last memory format (faster, same maps).
     """

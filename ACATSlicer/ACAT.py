@@ -42,6 +42,7 @@ _ensureImportPaths()
 import ACATLib  # noqa: E402  (MRML only: no torch, no Qt)
 from ACATLib import analysis, dependencies, display  # noqa: E402
 from ACATLib.outputs import outputs_from_flags  # noqa: E402
+from ACATLib.engine import DEFAULT_STEPS  # noqa: E402  (the engine's default search steps; no torch)
 
 SAMPLE_NAME = "ACATHeadCT"
 SAMPLE_FILE = "ACATSampleHeadCT.nrrd"
@@ -133,7 +134,7 @@ class ACATParameterNode:
     model: Annotated[str, Choice(["brain", "lung", "file"])] = "brain"
     modelFile: Path
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
-    counterfactualSteps: Annotated[int, WithinRange(1, 500)] = 20
+    counterfactualSteps: Annotated[int, WithinRange(1, 500)] = DEFAULT_STEPS
     alpha: Annotated[float, WithinRange(0.0, 10000.0)] = 100.0
     coverage: Annotated[str, Choice(["full", "sampled"])] = "full"
     # outputs to load (each full-size map costs memory: see ACATLib.outputs)
@@ -449,7 +450,7 @@ class ACATLogic(ScriptedLoadableModuleLogic):
         mode. Raises ``ACATLib.dependencies.DependenciesMissing`` with what to do when not installed."""
         dependencies.ensure(slicer, ask=askConfirmation)
 
-    def process(self, inputVolumeNode, model="brain", device="auto", steps=20, alpha=100.0, coverage="full",
+    def process(self, inputVolumeNode, model="brain", device="auto", steps=DEFAULT_STEPS, alpha=100.0, coverage="full",
                 outputs=ACATLib.DEFAULT_OUTPUTS, thresholdPercentile=95.0, show=True, installDependencies=True,
                 onProgress=None):
         """Analyse ``inputVolumeNode`` here and now (blocks) and return the created nodes
@@ -464,7 +465,7 @@ class ACATLogic(ScriptedLoadableModuleLogic):
             display.show_output(slicer.mrmlScene, nodes, kinds[0], 0.5, thresholdPercentile)
         return nodes
 
-    def processInBackground(self, inputVolumeNode, model="brain", device="auto", steps=20, alpha=100.0,
+    def processInBackground(self, inputVolumeNode, model="brain", device="auto", steps=DEFAULT_STEPS, alpha=100.0,
                             coverage="full", outputs=ACATLib.DEFAULT_OUTPUTS):
         """Start the analysis in a separate PythonSlicer process and return the running
         ``ACATLib.runner.BackgroundAnalysis`` (poll, wait or cancel it; then ``createResultNodes``)."""

@@ -267,11 +267,24 @@ def test_demo_runs_shipped_bundles_and_says_what_is_missing(tmp_path, monkeypatc
     assert not (tmp_path / "demo" / "brain").exists()
 
 
-def test_early_stop_default_matches_the_engine_and_none_gives_fixed_steps(capsys):
-    from ACATCore import cli, pipeline
-    assert cli.DEFAULT_EARLY_STOP == pipeline.DEFAULT_EARLY_STOP
+def test_search_defaults_fista_7_steps_and_gd_is_the_papers_20(bundle, tmp_path, capsys):
+    """Default: FISTA, 7 steps, no early stop; --solver gd: the paper's gradient descent, 20 steps;
+    what ran is in result.json's settings."""
+    for extra, optimizer, steps in (([], "fista", 7), (["--solver", "gd"], "sgd", 20),
+                                    (["--solver", "gd", "--steps", "3"], "sgd", 3)):
+        out = tmp_path / f"out_{optimizer}_{steps}"
+        code, _, err = run(["analyze", chest_ct_path(), "--model", bundle, "--out", out, "--coverage", "sampled",
+                            "--quiet", "--no-report", *extra], capsys)
+        assert code == 0, err
+        settings = json.loads((out / "result.json").read_text())["settings"]
+        assert settings["search"]["optimizer"] == optimizer and settings["steps"] == steps
+        assert settings["early_stop"] is None
+
+
+def test_early_stop_option_parses_probabilities_and_none(capsys):
+    from ACATCore import cli
     parser = cli.build_parser()
-    assert parser.parse_args(["analyze", "x", "--model", "lung", "--out", "o"]).early_stop == 0.9
+    assert parser.parse_args(["analyze", "x", "--model", "lung", "--out", "o"]).early_stop is None
     assert parser.parse_args(["analyze", "x", "--model", "lung", "--out", "o", "--early-stop", "none"]).early_stop is None
     assert parser.parse_args(["analyze", "x", "--model", "lung", "--out", "o", "--early-stop", "0.99"]).early_stop == 0.99
     for bad in ("0", "1.5", "soon"):

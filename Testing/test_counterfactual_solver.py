@@ -12,7 +12,7 @@ from toy import one_torch_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ALPHA = 1.0
-FAST = dict(optimizer="fista", schedule="adaptive", alpha=ALPHA)           # pipeline.FAST_SEARCH
+FAST = dict(optimizer="fista", schedule="adaptive", alpha=ALPHA)           # counterfactual_options.FAST_SEARCH
 
 
 @pytest.fixture(scope="module")
@@ -168,10 +168,12 @@ def test_options_object_and_keywords_give_the_same_search(toy):
 
 
 def test_analyze_passes_and_checks_the_search_options():
-    """The CLI's --solver fista is the pipeline's FAST_SEARCH; bad options fail before the input is read."""
-    from ACATCore import analyze, cli, pipeline
-    assert cli.FAST_SEARCH == pipeline.FAST_SEARCH
-    assert pipeline.DEFAULT_SEARCH == pipeline.PAPER_SEARCH                  # analyze's default: the paper
+    """analyze's default search is FAST_SEARCH (the paper's stays a preset); bad options fail before the
+    input is read."""
+    from ACATCore import analyze
+    from ACATCore import counterfactual_options as presets
+    assert presets.DEFAULT_SEARCH == presets.FAST_SEARCH and presets.PAPER_SEARCH["optimizer"] == "sgd"
+    assert presets.DEFAULT_STEPS == presets.FAST_STEPS and presets.DEFAULT_EARLY_STOP is None
     with pytest.raises(ConfigError, match="optimizer"):
         analyze("/nonexistent/ct.nrrd", model="lung", counterfactual_options={"optimizer": "newton"})
     with pytest.raises(ConfigError, match="unknown option"):

@@ -11,6 +11,7 @@ import torch
 from ACATCore import analyze, analyze_batch
 from ACATCore.errors import ConfigError, InputError, ModelFileError
 from ACATCore.io import read_volume
+from ACATCore.counterfactual_options import DEFAULT_SEARCH
 from ACATCore.pipeline import STAGES, Cancelled, _counterfactual_saliency, load_models
 from ACATCore.preprocessing import prepare
 from ACATCore.result import ATTENTION_NAMES
@@ -107,7 +108,8 @@ def test_saliency_is_the_saliency_modules(lung_bundle, chest):
     bundle = load_models(lung_bundle, "cpu")
     x = prepare(chest, bundle.card["preprocessing"]).tensor[None]
     ours, cf, recon = _counterfactual_saliency(bundle, x, 3, 100.0, None, {}, lambda f: None, lambda: None)
-    theirs = compute_saliency("counterfactual", bundle.classifier, x, bundle.autoencoder, steps=3, alpha=100.0)
+    theirs = compute_saliency("counterfactual", bundle.classifier, x, bundle.autoencoder, steps=3, alpha=100.0,
+                              **DEFAULT_SEARCH)
     assert cf.shape == (1, 2, *x.shape[1:]) and recon.shape == x.shape
     assert torch.allclose(ours, theirs, atol=1e-5)
 
@@ -264,20 +266,25 @@ def test_channels_last_gives_the_same_maps(lung_bundle):
     assert fast.peak_index == plain.peak_index
 
 
-def test_early_stop_default_and_paper_mode(lung_bundle, chest):
-    """analyze stops each counterfactual at p >= DEFAULT_EARLY_STOP by default; early_stop=None runs the
-    paper's fixed steps; the pipeline's early-stopped saliency is compute_saliency's with stop_at."""
-    from ACATCore.pipeline import DEFAULT_EARLY_STOP
+def test_search_defaults_and_early_stop(lung_bundle, chest):
+    """analyze runs the FAST search (FISTA, 7 steps) without early stop by default; early_stop=P stops a
+    counterfactual at p >= P; the pipeline's saliency is compute_saliency's with the same options."""
+    from ACATCore.counterfactual_options import FAST_SEARCH, FAST_STEPS, PAPER_SEARCH
     from ACATCore.saliency import compute_saliency
+    assert DEFAULT_SEARCH == FAST_SEARCH and FAST_SEARCH["optimizer"] == "fista"
     bundle = load_models(lung_bundle, "cpu")
-    res = analyze(chest, model=bundle, coverage="sampled", steps=3)
-    assert res.settings["early_stop"] == DEFAULT_EARLY_STOP
-    paper = analyze(chest, model=bundle, coverage="sampled", steps=3, early_stop=None)
-    assert paper.settings["early_stop"] is None
+    res = analyze(chest, model=bundle, coverage="sampled")
+    assert res.settings["early_stop"] is None and res.settings["steps"] == FAST_STEPS
+    assert res.settings["search"]["optimizer"] == "fista"
+    early = analyze(chest, model=bundle, coverage="sampled", steps=3, early_stop=0.6,
+                    counterfactual_options=PAPER_SEARCH)
+    assert early.settings["early_stop"] == 0.6 and early.settings["search"]["optimizer"] == "sgd"
     x = prepare(chest, bundle.card["preprocessing"]).tensor[None]
-    ours, _, _ = _counterfactual_saliency(bundle, x, 3, 100.0, 0.6, {}, lambda f: None, lambda: None)
-    theirs = compute_saliency("counterfactual", bundle.classifier, x, bundle.autoencoder, steps=3, stop_at=0.6)
-    assert torch.allclose(ours, theirs, atol=1e-5)
+    for options in (PAPER_SEARCH, FAST_SEARCH):
+        ours, _, _ = _counterfactual_saliency(bundle, x, 3, 100.0, 0.6, options, lambda f: None, lambda: None)
+        theirs = compute_saliency("counterfactual", bundle.classifier, x, bundle.autoencoder, steps=3, stop_at=0.6,
+                                  **options)
+        assert torch.allclose(ours, theirs, atol=1e-5)
 
 
 def test_decoder_chunks_bound_the_brain_and_change_nothing(lung_bundle, chest):

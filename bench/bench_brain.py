@@ -18,7 +18,7 @@ read on the head's own territory map, as the paper reads a registered atlas), th
 and the share of peaks inside the lesion itself; seconds per analysis. Prints a table; asserts nothing.
 
     python bench/bench_brain.py [--bundle brain] [--n 40] [--seed 9001] [--rows demo,IS-3,shift:tilt10]
-                                [--coverage sampled|full]
+                                [--coverage sampled|full] [--search default|paper|early|fista-early]
 """
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ import torch
 
 from ACATCore.data import synth
 from ACATCore.data.territories import TERRITORIES
-from ACATCore.pipeline import FAST_SEARCH, FAST_STEPS, analyze
+from ACATCore.pipeline import analyze
 from ACATCore.volume import Volume
+from searches import SEARCHES
 
 DEMO = {"radius_mm": [20, 35], "contrast_hu": [8, 14]}
 SHIFTS = {"slices5mm": {"slice_mm": 5.0}, "tilt10": {"tilt_deg": 10.0}, "noise2x": {"noise_scale": 2.0},
@@ -87,18 +88,17 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=9001, help="generator seed (no training run uses it)")
     ap.add_argument("--rows", default=",".join(["demo", *synth.SIZE_GROUPS, *(f"shift:{s}" for s in SHIFTS)]))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--solver", default="gd", choices=["gd", "fista"],
-                    help="gd: analyze's default search; fista: FAST_SEARCH, FAST_STEPS steps, no early stop")
+    ap.add_argument("--search", default="default", choices=list(SEARCHES),
+                    help="the counterfactual search (bench/searches.py; default: analyze's own)")
     ap.add_argument("--coverage", default="sampled", choices=["sampled", "full"],
                     help="analyze's coverage (default sampled: the paper's single sampling, faster)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"brain bundle {args.bundle!r} on fresh ACAT-Synth heads (generator seed {args.seed}, "
-          f"{args.n} a row, coverage {args.coverage})")
+          f"{args.n} a row, coverage {args.coverage}, search {args.search})")
     print(f"{'row':<18}{'n':>4}{'ACAT':>8}{'baseline':>10}{'sens':>7}{'spec':>7}{'hit':>7}{'hit(an)':>8}"
           f"{'in-les':>7}{'s/case':>8}")
-    search = None if args.solver == "gd" else \
-        {"counterfactual_options": FAST_SEARCH, "steps": FAST_STEPS, "early_stop": None}
+    search = SEARCHES[args.search]
     reference = None
     for row in args.rows.split(","):
         r = run_row(row.strip(), args.bundle, args.n, args.seed, args.coverage, search)

@@ -9,9 +9,10 @@ volume, paper-size models with random weights (BatchNorm statistics set from the
 respond to it; weights do not change the cost of fixed-step rows), one row per configuration:
 
   gd20       the paper preset: plain gradient descent, 2 targets x 20 steps, fp32 (fixed steps)
-  fista      FISTA with adaptive steps (pipeline.FAST_SEARCH), fixed at the steps it needs to reach GD-20's
+  fista      FISTA with adaptive steps (counterfactual_options.FAST_SEARCH), fixed at the steps it needs to reach GD-20's
              objective on the trained bundles (7, --fista-steps)
-  early      analyze's default search: gradient descent + early stop at target probability 0.9 (<= 20 steps)
+  early      gradient descent + early stop at target probability 0.9 (<= 20 steps; analyze's default
+             until 2026-12-02, now the fista row's search)
   early_fista  FISTA + early stop 0.9 (<= 20 steps)
   bf16       gd20 under bf16 autocast (this CPU's bf16 path; maps compared on trained bundles elsewhere)
   compile    gd20 with torch.compile of the decode-classify step (compile time included)
@@ -44,6 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 PAPER_STEPS = 20
+EARLY_STOP = 0.9          # the early rows' target probability
 SIZES = {"lung": (128, 128), "brain": (400, 500)}
 QUICK_SIZES = {"lung": (64, 64), "brain": (96, 120)}
 BASE = {"lung": "lung_resnet50", "brain": "brain_mtl"}
@@ -155,13 +157,13 @@ class _Timed(torch.nn.Module):
 
 
 def row_options(row: str, steps: int, fista_steps: int, chunk) -> dict:
-    from ACATCore.pipeline import DEFAULT_EARLY_STOP, DEFAULT_SEARCH, FAST_SEARCH
+    from ACATCore.counterfactual_options import FAST_SEARCH, PAPER_SEARCH
     base = dict(steps=steps, decode_chunk=chunk)
     return {"gd20": base, "no_cl": base, "no_fuse": {**base, "fuse": False},
             "bf16": {**base, "precision": "bf16"}, "compile": {**base, "compile": True},
             "fista": dict(base, steps=min(fista_steps, steps), **FAST_SEARCH),
-            "early": dict(base, steps=PAPER_STEPS, stop_at=DEFAULT_EARLY_STOP, **DEFAULT_SEARCH),
-            "early_fista": dict(base, steps=PAPER_STEPS, stop_at=DEFAULT_EARLY_STOP, **FAST_SEARCH)}[row]
+            "early": dict(base, steps=PAPER_STEPS, stop_at=EARLY_STOP, **PAPER_SEARCH),
+            "early_fista": dict(base, steps=PAPER_STEPS, stop_at=EARLY_STOP, **FAST_SEARCH)}[row]
 
 
 class _FlopCount:

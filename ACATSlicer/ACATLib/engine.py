@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+from ACATCore.counterfactual_options import DEFAULT_STEPS      # no torch
+
 DEFAULT_ENGINE = "ACATCore:analyze"
 DEVICES = ("auto", "cpu", "cuda")   # also "cuda:N"
 # ACATCore.pipeline.STAGES (and "done") -> what the progress bar says
@@ -40,7 +42,7 @@ def check_options(options: dict) -> dict:
     if not (device in DEVICES or str(device).startswith("cuda:")):
         raise ValueError(f"device must be one of {', '.join(DEVICES)} or cuda:N, not {device!r}")
     return {"model": options.get("model", "brain"), "device": device,
-            "steps": int(options.get("steps", 20)), "alpha": float(options.get("alpha", 100.0)),
+            "steps": int(options.get("steps", DEFAULT_STEPS)), "alpha": float(options.get("alpha", 100.0)),
             "coverage": options.get("coverage", "full")}
 
 

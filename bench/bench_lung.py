@@ -1,0 +1,83 @@
+"""The lung bundle on chest CT no run used: ACAT against its baseline, where the saliency peak lies, time.
+
+Every case is a fresh ACAT-Synth chest CT (generator seed ``--seed``, not used by any training run; the
+demo variant's involvement of 10-30% of the lungs, as the shipped bundle was trained on) analysed by
+``ACATCore.analyze`` with its defaults except ``coverage="sampled"``; one row per search of
+bench/searches.py (default, paper, early, fista-early).
+
+Columns: ACAT and baseline accuracy (``probabilities`` and ``baseline_probabilities`` of one analysis),
+sensitivity and specificity (ACAT), over the scans with findings: the share whose saliency peak lies in a
+finding (the lung task's hit: its findings have no territories) and in a lung; seconds per analysis.
+Prints a table; asserts nothing.
+
+    python bench/bench_lung.py [--bundle lung] [--n 40] [--seed 1234] [--rows default,paper,early]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from ACATCore.data import synth
+from ACATCore.pipeline import analyze
+from ACATCore.volume import Volume
+from searches import SEARCHES
+
+DEMO = {"involvement": [0.1, 0.3]}
+
+
+def fresh_cases(n: int, seed: int):
+    """(volume, label, case) of ``n`` class-balanced demo-variant chest CT of generator seed ``seed``."""
+    for index, label in enumerate(synth.class_plan(n, 2, seed)):
+        case = synth.make_case("lung", seed, index, label, options=DEMO)
+        yield Volume(case["image"], case["spacing"], case["origin"], case["direction"]), label, case
+
+
+def run_row(row: str, bundle: str, cases: list) -> dict:
+    acat, base, peaks, seconds = [], [], [], []
+    for volume, label, case in cases:
+        start = time.perf_counter()
+        result = analyze(volume, model=bundle, coverage="sampled", device="cpu", **SEARCHES[row])
+        seconds.append(time.perf_counter() - start)
+        acat.append(int(np.argmax(result.probabilities)))
+        base.append(int(np.argmax(result.baseline_probabilities)))
+        if label:
+            i, j, k = result.peak_index
+            peaks.append((case["mask"][k, j, i] > 0, case["regions"][k, j, i] > 0))
+    y, acat, base = np.array([c[1] for c in cases]), np.array(acat), np.array(base)
+    peaks = np.array(peaks, dtype=float).reshape(-1, 2)
+    return {"row": row, "n": len(cases), "acat": (acat == y).mean(), "baseline": (base == y).mean(),
+            "sensitivity": (acat[y > 0] > 0).mean(), "specificity": (acat[y == 0] == 0).mean(),
+            "in_finding": peaks[:, 0].mean(), "in_lung": peaks[:, 1].mean(), "seconds": float(np.mean(seconds))}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", default="lung", help="shipped model name or bundle folder")
+    ap.add_argument("--n", type=int, default=40, help="scans (classes balanced)")
+    ap.add_argument("--seed", type=int, default=1234, help="generator seed (no training run uses it)")
+    ap.add_argument("--rows", default="default,paper,early", help=f"searches: {','.join(SEARCHES)}")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    rows = [r.strip() for r in args.rows.split(",")]
+    unknown = [r for r in rows if r not in SEARCHES]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}: choose from {', '.join(SEARCHES)}")
+    torch.set_num_threads(args.threads)
+    cases = list(fresh_cases(args.n, args.seed))
+    print(f"lung bundle {args.bundle!r} on fresh ACAT-Synth chest CT (generator seed {args.seed}, "
+          f"{args.n} scans, coverage sampled)")
+    print(f"{'search':<10}{'n':>4}{'ACAT':>8}{'baseline':>10}{'sens':>7}{'spec':>7}{'in-find':>9}"
+          f"{'in-lung':>9}{'s/case':>8}")
+    for row in rows:
+        r = run_row(row, args.bundle, cases)
+        print(f"{r['row']:<10}{r['n']:>4}{100 * r['acat']:>7.1f}%{100 * r['baseline']:>9.1f}%"
+              f"{100 * r['sensitivity']:>6.0f}%{100 * r['specificity']:>6.0f}%{100 * r['in_finding']:>8.0f}%"
+              f"{100 * r['in_lung']:>8.0f}%{r['seconds']:>8.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

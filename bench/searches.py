@@ -1,0 +1,17 @@
+"""The counterfactual searches the fresh-case benchmarks (bench_brain.py, bench_lung.py) compare, as
+``ACATCore.analyze`` keyword arguments:
+
+  default     analyze's own search (``DEFAULT_SEARCH``: FISTA with adaptive steps, 7 steps, no early stop)
+  paper       the paper's: plain gradient descent, 20 steps, no early stop (``--solver gd``)
+  early       the paper's gradient descent with early stop at target probability 0.9 (analyze's default
+              until 2026-12-02)
+  fista-early FISTA with adaptive steps, 20 steps at most, early stop at 0.9
+"""
+from ACATCore.counterfactual_options import FAST_SEARCH, PAPER_SEARCH, PAPER_STEPS
+
+SEARCHES = {
+    "default": {},
+    "paper": {"counterfactual_options": PAPER_SEARCH, "steps": PAPER_STEPS, "early_stop": None},
+    "early": {"counterfactual_options": PAPER_SEARCH, "steps": PAPER_STEPS, "early_stop": 0.9},
+    "fista-early": {"counterfactual_options": FAST_SEARCH, "steps": PAPER_STEPS, "early_stop": 0.9},
+}
