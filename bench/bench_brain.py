@@ -19,6 +19,7 @@ and the share of peaks inside the lesion itself; seconds per analysis. Prints a 
 
     python bench/bench_brain.py [--bundle brain] [--n 40] [--seed 9001] [--rows demo,IS-3,shift:tilt10]
                                 [--coverage sampled|full] [--search default|paper|early|fista-early]
+                                [--shape 100,256,256]
 """
 from __future__ import annotations
 
@@ -59,12 +60,26 @@ def peak_hits(case: dict, result) -> tuple:
     return own in truth, result.peak_territory in truth, bool(case["mask"][k, j, i] > 0)
 
 
-def run_row(row: str, bundle: str, n: int, seed: int, coverage: str = "sampled", search: dict = None) -> dict:
+def resampled(case: dict, shape) -> dict:
+    """The case on a (z, y, x) grid of ``shape`` covering the same field of view (linear for the CT,
+    nearest for the masks), e.g. the brain issue's 256 x 256 x 100 head."""
+    from scipy.ndimage import zoom
+    factors = np.array(shape, float) / case["image"].shape
+    out = dict(case, spacing=tuple(float(s) / f for s, f in zip(case["spacing"], factors[::-1])))
+    out["image"] = np.rint(zoom(case["image"].astype(np.float32), factors, order=1)).astype(np.int16)
+    for key in ("mask", "regions"):
+        out[key] = zoom(case[key], factors, order=0)
+    return out
+
+
+def run_row(row: str, bundle: str, n: int, seed: int, coverage: str = "sampled", search: dict = None,
+            shape=None) -> dict:
     options, group = row_options(row)
     labels = synth.class_plan(n, 4, seed)
     acat, base, hits, seconds = [], [], [], []
     for index, label in enumerate(labels):
         case = synth.make_case("brain", seed, index, label, group if label else None, options=options)
+        case = resampled(case, shape) if shape else case
         volume = Volume(case["image"], case["spacing"], case["origin"], case["direction"])
         start = time.perf_counter()
         result = analyze(volume, model=bundle, coverage=coverage, device="cpu", **(search or {}))
@@ -92,7 +107,9 @@ def main(argv=None) -> int:
                     help="the counterfactual search (bench/searches.py; default: analyze's own)")
     ap.add_argument("--coverage", default="sampled", choices=["sampled", "full"],
                     help="analyze's coverage (default sampled: the paper's single sampling, faster)")
+    ap.add_argument("--shape", default=None, help="resample every head to Z,Y,X voxels first (e.g. 100,256,256)")
     args = ap.parse_args(argv)
+    shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else None
     torch.set_num_threads(args.threads)
     print(f"brain bundle {args.bundle!r} on fresh ACAT-Synth heads (generator seed {args.seed}, "
           f"{args.n} a row, coverage {args.coverage}, search {args.search})")
@@ -101,7 +118,7 @@ def main(argv=None) -> int:
     search = SEARCHES[args.search]
     reference = None
     for row in args.rows.split(","):
-        r = run_row(row.strip(), args.bundle, args.n, args.seed, args.coverage, search)
+        r = run_row(row.strip(), args.bundle, args.n, args.seed, args.coverage, search, shape)
         reference = r["acat"] if row == "demo" else reference
         delta = "" if reference is None or not row.startswith("shift:") else \
             f"  ({100 * (r['acat'] - reference):+.1f} vs demo)"
