@@ -2,8 +2,8 @@
 
 Every case is a fresh ACAT-Synth chest CT (generator seed ``--seed``, not used by any training run; the
 demo variant's involvement of 10-30% of the lungs, as the shipped bundle was trained on) analysed by
-``ACATCore.analyze`` with its defaults except ``coverage="sampled"``; one row per search of
-bench/searches.py (default, paper, early, fista-early).
+``ACATCore.analyze`` with its defaults except ``coverage`` (``--coverage``, default "sampled"); one
+row per search of bench/searches.py (default, paper, early, fista-early).
 
 Columns: ACAT and baseline accuracy (``probabilities`` and ``baseline_probabilities`` of one analysis),
 sensitivity and specificity (ACAT), over the scans with findings: the share whose saliency peak lies in a
@@ -11,6 +11,7 @@ finding (the lung task's hit: its findings have no territories) and in a lung; s
 Prints a table; asserts nothing.
 
     python bench/bench_lung.py [--bundle lung] [--n 40] [--seed 1234] [--rows default,paper,early]
+                              [--coverage sampled|full]
 """
 from __future__ import annotations
 
@@ -35,11 +36,11 @@ def fresh_cases(n: int, seed: int):
         yield Volume(case["image"], case["spacing"], case["origin"], case["direction"]), label, case
 
 
-def run_row(row: str, bundle: str, cases: list) -> dict:
+def run_row(row: str, bundle: str, cases: list, coverage: str = "sampled") -> dict:
     acat, base, peaks, seconds = [], [], [], []
     for volume, label, case in cases:
         start = time.perf_counter()
-        result = analyze(volume, model=bundle, coverage="sampled", device="cpu", **SEARCHES[row])
+        result = analyze(volume, model=bundle, coverage=coverage, device="cpu", **SEARCHES[row])
         seconds.append(time.perf_counter() - start)
         acat.append(int(np.argmax(result.probabilities)))
         base.append(int(np.argmax(result.baseline_probabilities)))
@@ -60,6 +61,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1234, help="generator seed (no training run uses it)")
     ap.add_argument("--rows", default="default,paper,early", help=f"searches: {','.join(SEARCHES)}")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--coverage", default="sampled", choices=["sampled", "full"],
+                    help="analyze's coverage (default sampled: the paper's single sampling)")
     args = ap.parse_args(argv)
     rows = [r.strip() for r in args.rows.split(",")]
     unknown = [r for r in rows if r not in SEARCHES]
@@ -68,11 +71,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     cases = list(fresh_cases(args.n, args.seed))
     print(f"lung bundle {args.bundle!r} on fresh ACAT-Synth chest CT (generator seed {args.seed}, "
-          f"{args.n} scans, coverage sampled)")
+          f"{args.n} scans, coverage {args.coverage})")
     print(f"{'search':<10}{'n':>4}{'ACAT':>8}{'baseline':>10}{'sens':>7}{'spec':>7}{'in-find':>9}"
           f"{'in-lung':>9}{'s/case':>8}")
     for row in rows:
-        r = run_row(row, args.bundle, cases)
+        r = run_row(row, args.bundle, cases, args.coverage)
         print(f"{r['row']:<10}{r['n']:>4}{100 * r['acat']:>7.1f}%{100 * r['baseline']:>9.1f}%"
               f"{100 * r['sensitivity']:>6.0f}%{100 * r['specificity']:>6.0f}%{100 * r['in_finding']:>8.0f}%"
               f"{100 * r['in_lung']:>8.0f}%{r['seconds']:>8.2f}", flush=True)
