@@ -3,6 +3,7 @@
     python bench/bench_engine.py                  # paper sizes: lung 11x128x128 (ResNet-50), brain 11x400x500
     python bench/bench_engine.py --quick          # small sizes (lung 11x64x64, brain 11x96x120): about 2 min
     python bench/bench_engine.py --tasks lung --rows gd20,fista,early,reference,ig50 --threads 2
+    python bench/bench_engine.py --device cuda --rows gd20,fista,early,bf16,compile,reference,ig50   # a GPU
 
 First the machine's matmul peak (GFLOP/s, fp32 and bf16, ``--threads`` threads), then per task one
 volume, paper-size models with random weights (BatchNorm statistics set from the input so the nets
@@ -28,7 +29,9 @@ process's peak RSS above the RSS just before the call. GFLOP/s: FLOPs counted by
 ``torch.utils.flop_counter`` on a 1-step and a 2-step run (setup + per step), times the steps run,
 over the seconds; the ratio is to the fp32 (bf16 row: bf16) matmul peak. With ``--brain-steps N`` < 20
 the brain's fixed-step rows run N steps and are extrapolated to 20 from the measured time per step
-(marked ~); ``--lung-steps`` likewise. Prints tables; asserts nothing.
+(marked ~); ``--lung-steps`` likewise. ``--device cuda``: the same rows on a GPU (peaks of its
+matmuls, times after a synchronize, peak memory = torch.cuda.max_memory_allocated). Prints tables;
+asserts nothing.
 """
 from __future__ import annotations
 
@@ -55,26 +58,36 @@ STEPPED = ("gd20", "fista", "bf16", "compile", "no_cl", "no_fuse", "reference")
 
 
 # --------------------------------------------------------------------------------------- machine
-def matmul_peak(dtype: torch.dtype, seconds: float = 2.0) -> tuple:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak(dtype: torch.dtype, seconds: float = 2.0, device: str = "cpu") -> tuple:
     """(GFLOP/s, n) of repeated n x n matmuls in ``dtype`` at the current thread count, best of 3
-    runs; n is the largest of 256 .. 2048 whose matmul takes under 0.2 s (a CPU without native bf16
-    emulates it, orders of magnitude slower)."""
-    n = 256
-    while n < 2048:
-        a = torch.randn(2 * n, 2 * n).to(dtype)
+    runs; n is the largest of 256 .. 2048 (GPU: 8192) whose matmul takes under 0.2 s (a CPU without
+    native bf16 emulates it, orders of magnitude slower)."""
+    n, top = 256, 8192 if device.startswith("cuda") else 2048
+    while n < top:
+        a = torch.randn(2 * n, 2 * n, device=device).to(dtype)
         start = time.perf_counter()
         torch.mm(a, a)
+        _sync(device)
         if time.perf_counter() - start > 0.2:
             break
         n *= 2
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
     torch.mm(a, b)
+    _sync(device)
     best = 0.0
     for _ in range(3):
         reps, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds / 3:
             torch.mm(a, b)
             reps += 1
+            if reps % 16 == 0:
+                _sync(device)
+        _sync(device)
         best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9)
     return best, n
 
@@ -87,8 +100,16 @@ def _status_kb(key: str) -> int:
     return 0
 
 
-def measured(fn):
-    """-> (result, seconds, peak MiB above the RSS at the start) of fn()."""
+def measured(fn, device: str = "cpu"):
+    """-> (result, seconds, peak MiB above the RSS at the start; on a GPU its peak allocation) of fn()."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        start = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        return out, time.perf_counter() - start, (torch.cuda.max_memory_allocated() - base) / 2 ** 20
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")                        # reset VmHWM to the current RSS
@@ -109,7 +130,7 @@ def _native_bf16() -> bool:
 
 
 # ------------------------------------------------------------------------------------ child side
-def paper_models(task: str, size, channels_last: bool = True):
+def paper_models(task: str, size, channels_last: bool = True, device: str = "cpu"):
     """Paper-size classifier and autoencoder, random weights, BatchNorm statistics from ``x``."""
     from ACATCore.models import build_model
     torch.manual_seed(0)
@@ -131,7 +152,7 @@ def paper_models(task: str, size, channels_last: bool = True):
             model.to(memory_format=torch.channels_last)
         for p in model.parameters():
             p.requires_grad_(False)
-    return clf, ae, x
+    return clf.to(device), ae.to(device), x.to(device)
 
 
 class _Timed(torch.nn.Module):
@@ -203,27 +224,28 @@ def count_flops(clf, ae, x, opts: dict) -> tuple:
     return totals[0] - per_step, per_step
 
 
-def child(task: str, row: str, size, steps: int, fista_steps: int, flops: bool) -> dict:
+def child(task: str, row: str, size, steps: int, fista_steps: int, flops: bool, device: str = "cpu") -> dict:
     from ACATCore.counterfactual import generate
     from ACATCore.pipeline import decode_chunk_for
-    clf, ae, x = paper_models(task, size, channels_last=(row != "no_cl"))
-    chunk = decode_chunk_for(x)
-    out = {"task": task, "row": row, "size": list(size), "decode_chunk": chunk}
+    cuda = device.startswith("cuda")
+    clf, ae, x = paper_models(task, size, channels_last=(row != "no_cl") and not cuda, device=device)
+    chunk = None if cuda else decode_chunk_for(x)
+    out = {"task": task, "row": row, "size": list(size), "decode_chunk": chunk, "device": device}
     generate(clf, ae, x[:, :2], steps=1)                      # warm-up: allocator, kernels
     if row == "reference":
         from bench_saliency import unbatched_reference
         step_times = []
         _, out["s"], out["peak_mib"] = measured(lambda: unbatched_reference(
-            clf, ae, x, steps=steps, on_step=step_times.append))
+            clf, ae, x, steps=steps, on_step=step_times.append), device)
         out["steps"], out["step_s"] = steps, sum(step_times) / max(1, len(step_times))
         out["step_s_per_target"] = True
     elif row == "ig50":
         from ACATCore.saliency import compute_saliency
-        _, out["s"], out["peak_mib"] = measured(lambda: compute_saliency("integrated_gradients", clf, x))
+        _, out["s"], out["peak_mib"] = measured(lambda: compute_saliency("integrated_gradients", clf, x), device)
     else:
         opts = row_options(row, steps, fista_steps, chunk)
         timed = _Timed(clf)
-        res, out["s"], out["peak_mib"] = measured(lambda: generate(timed, ae, x, **opts))
+        res, out["s"], out["peak_mib"] = measured(lambda: generate(timed, ae, x, **opts), device)
         out["steps"] = opts["steps"]
         out["steps_taken"] = res.steps_taken.tolist()
         t = timed.times                    # evaluation k+1 starts one full step after evaluation k
@@ -237,7 +259,7 @@ def child(task: str, row: str, size, steps: int, fista_steps: int, flops: bool) 
 # ------------------------------------------------------------------------------------ parent side
 def run_child(task, row, size, steps, args) -> dict:
     cmd = [sys.executable, __file__, "--child", task, row, str(steps), "--size", f"{size[0]}x{size[1]}",
-           "--threads", str(args.threads), "--fista-steps", str(args.fista_steps)]
+           "--threads", str(args.threads), "--fista-steps", str(args.fista_steps), "--device", args.device]
     cmd += ["--flops"] if not args.no_flops else []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -299,6 +321,7 @@ def main(argv=None) -> int:
                     help="steps of the brain's fixed-step rows (fewer: extrapolated to 20, marked ~)")
     ap.add_argument("--fista-steps", type=int, default=7, help="steps of the fista row (GD-20's objective)")
     ap.add_argument("--no-flops", action="store_true", help="skip FLOP counting (saves two short runs a row)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (a GPU: no channels-last, no decoder chunks)")
     ap.add_argument("--json", default="")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--size", help=argparse.SUPPRESS)
@@ -308,11 +331,12 @@ def main(argv=None) -> int:
     if args.child:
         task, row, steps = args.child
         size = tuple(int(v) for v in args.size.split("x"))
-        print(json.dumps(child(task, row, size, int(steps), args.fista_steps, args.flops)))
+        print(json.dumps(child(task, row, size, int(steps), args.fista_steps, args.flops, args.device)))
         return 0
-    (fp32, n32), (bf16, n16) = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    (fp32, n32), (bf16, n16) = [matmul_peak(t, device=args.device) for t in (torch.float32, torch.bfloat16)]
     peaks = {"fp32": fp32, "bf16": bf16}
-    print(f"# engine benchmark: torch {torch.__version__}, {args.threads} threads of {os.cpu_count()} CPUs, "
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    print(f"# engine benchmark on {where}: torch {torch.__version__}, {args.threads} threads of {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} at start; rows one after the other, each a fresh process")
     print(f"# matmul peak: fp32 {fp32:.1f} GFLOP/s ({n32}^2), bf16 {bf16:.1f} GFLOP/s ({n16}^2); "
           f"native bf16 (AVX512-BF16/AMX): {'yes' if _native_bf16() else 'no'}")

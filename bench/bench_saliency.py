@@ -85,7 +85,7 @@ def unbatched_reference(clf, ae, x, steps=20, alpha=100.0, step_size=0.1, on_ste
     maps = []
     for t in range(n_targets):
         z = z0.clone().requires_grad_(True)
-        target = torch.full((B,), t, dtype=torch.long)
+        target = torch.full((B,), t, dtype=torch.long, device=x.device)
         for _ in range(steps):
             t0 = time.perf_counter()
             clf.zero_grad(set_to_none=True)
