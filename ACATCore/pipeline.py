@@ -273,8 +273,7 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
     volume_or_path: a :class:`Volume`, a numpy array ``(z, y, x)`` in HU, a CT file or a DICOM folder.
     model: "brain", "lung", a bundle folder, or a loaded ``Bundle``.
     coverage: "full" (every input slice seen, several offset samplings) or "sampled" (the paper's one).
-    steps, alpha: counterfactual steps (default 7 of the FISTA search; the paper's plain gradient descent:
-        20) and L1 weight (100). device: "auto", "cpu", "cuda:1".
+    steps, alpha: search steps (7 of FISTA; paper GD: 20), L1 weight (100). device: "auto", "cpu", "cuda:N".
     progress: ``callback(stage, fraction)``; stage in :data:`STAGES` (then "done"), fraction overall.
     cancel: a ``threading.Event``; when set the analysis stops at the next check with :class:`Cancelled`.
     out: a folder: also write the maps, JSON and (``report=True``) the visual report there (atomic).

@@ -24,8 +24,9 @@ import torch
 from ACATCore.brain_extraction import extract_brain
 from ACATCore.counterfactual_options import DEFAULT_SEARCH, DEFAULT_STEPS
 from ACATCore.data import synth
-from ACATCore.pipeline import _counterfactual_saliency, load_models
+from ACATCore.pipeline import load_models
 from ACATCore.preprocessing import prepare, to_canonical
+from ACATCore.saliency import compute_saliency
 from ACATCore.volume import Volume
 
 DEMO = {"brain": {"radius_mm": [20, 35], "contrast_hu": [8, 14]}, "lung": {"involvement": [0.1, 0.3]}}
@@ -49,8 +50,8 @@ def case_inputs(task: str, seed: int, index: int, label: int, bundle):
 
 def probabilities(bundle, x, mask) -> dict:
     """Softmax of the baseline and of ACAT with each map, for one case."""
-    noop = (lambda f: None, lambda: None)
-    sal, _, _ = _counterfactual_saliency(bundle, x, DEFAULT_STEPS, 100.0, None, DEFAULT_SEARCH, *noop)
+    sal = compute_saliency("counterfactual", bundle.classifier, x, bundle.autoencoder, steps=DEFAULT_STEPS,
+                           alpha=100.0, **DEFAULT_SEARCH)    # = analyze's map (Testing/test_pipeline.py)
     maps = {"counterfactual": sal, "zero": torch.zeros_like(sal), "flat": torch.full_like(sal, 0.5),
             "lesion mask": mask}
     with torch.no_grad():
