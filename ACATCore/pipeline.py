@@ -369,7 +369,8 @@ def _analyse_samplings(bundle, card, prepared, merger, prog, pixel_budget, searc
             cf_names = counterfactual_class_names(card, cf_images.shape[1])
 
         prog.stage("attention")
-        probs, masks, weights = _attend(bundle.acat, x, sal, (h, w))
+        acat_map = acat_saliency(bundle.card, cf_images, recon, sal)
+        probs, masks, weights = _attend(bundle.acat, x, acat_map, (h, w))
         acat_probs.append(probs)
 
         prog.stage("map back")
@@ -547,6 +548,23 @@ class _Watched(torch.nn.Module):
         self.on_call()
         fn = getattr(self.classifier, "counterfactual_logits", None)
         return fn(x) if fn is not None else self.classifier(x)
+
+
+def acat_saliency(card: dict, cf, ref, sal):
+    """The map ACAT reads, made as its training maps were (the ACAT card's data.training.saliency):
+    the class-agnostic ``sal`` (the paper), or, when the card gives a ``scale``, the raw |ref - cf_t| of
+    its ``target`` (else the mean over targets) divided by ``scale`` and clipped to [0, 1], as
+    ``compute_saliency(..., target=, scale=)`` makes it. ``cf``: (B, T, S, 1, H, W)."""
+    spec = ((card.get("data") or {}).get("training") or {}).get("saliency") or {}
+    opts = spec.get("options") or {}
+    if opts.get("scale") is None:
+        return sal
+    diff = (cf - ref[:, None]).abs().float()
+    t = opts.get("target")
+    if t is not None and not 0 <= int(t) < diff.shape[1]:
+        raise ModelFileError(f"the ACAT card's saliency target {t} is not one of the {diff.shape[1]} classes")
+    diff = diff.mean(1) if t is None else diff[:, int(t)]
+    return (diff / float(opts["scale"])).clamp(0, 1)
 
 
 def counterfactual_saliency(cf, ref):

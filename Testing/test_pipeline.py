@@ -114,6 +114,27 @@ def test_saliency_is_the_saliency_modules(lung_bundle, chest):
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
+def test_acat_reads_the_map_its_card_names(lung_bundle, chest):
+    """A card whose training maps were the negative-target map at a fixed scale makes analyze feed ACAT
+    exactly compute_saliency(target=0, scale=...) of the same search; a paper card feeds the
+    class-agnostic map unchanged; a target outside the classes is a ModelFileError."""
+    from ACATCore.pipeline import acat_saliency
+    from ACATCore.saliency import compute_saliency
+    bundle = load_models(lung_bundle, "cpu")
+    x = prepare(chest, bundle.card["preprocessing"]).tensor[None]
+    sal, cf, recon = _counterfactual_saliency(bundle, x, 3, 100.0, None, {}, lambda f: None, lambda: None)
+    assert acat_saliency(bundle.card, cf, recon, sal) is sal
+    card = {"data": {"training": {"saliency": {"options": {"target": 0, "scale": 0.05}}}}}
+    ours = acat_saliency(card, cf, recon, sal)
+    theirs = compute_saliency("counterfactual", bundle.classifier, x, bundle.autoencoder, target=0, scale=0.05,
+                              steps=3, alpha=100.0, **DEFAULT_SEARCH)
+    assert torch.allclose(ours, theirs, atol=1e-4)       # float32 rounding of the search, times 1 / 0.05
+    assert 0 < float(ours.max()) <= 1 and not torch.allclose(ours, sal, atol=1e-3)
+    card["data"]["training"]["saliency"]["options"]["target"] = 5
+    with pytest.raises(ModelFileError, match="target 5"):
+        acat_saliency(card, cf, recon, sal)
+
+
 def test_reoriented_input_gives_the_same_analysis(lung_bundle, chest):
     """The same voxels stored in another axis order and direction: same probabilities, and each
     map is the same map, stored the same way as the input."""
@@ -262,7 +283,10 @@ def test_channels_last_gives_the_same_maps(lung_bundle):
     weight = next(plain_bundle.classifier.parameters())
     assert weight.dim() == 4 and weight.is_contiguous()           # really the plain layout
     assert np.allclose(fast.probabilities, plain.probabilities, atol=1e-5)
-    assert np.allclose(fast.saliency.array, plain.saliency.array, atol=1e-3)
+    # float32 rounding differs between the layouts, and the adaptive FISTA search amplifies it (here up to
+    # about 3e-3 of the map's max): the same map, not the same bits
+    assert np.allclose(fast.saliency.array, plain.saliency.array, atol=1e-2)
+    assert np.corrcoef(fast.saliency.array.ravel(), plain.saliency.array.ravel())[0, 1] > 0.9999
     assert fast.peak_index == plain.peak_index
 
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def toy():
     d = trained_toy()
     pos = d["y_test"] == 1
-    return dict(d, x_pos=d["x_test"][pos], region_pos=d["region_test"][pos])
+    return dict(d, x_pos=d["x_test"][pos], region_pos=d["region_test"][pos], x_neg=d["x_test"][~pos])
 
 
 def _hit_rate(maps, region):
@@ -54,6 +54,25 @@ def test_counterfactual_saliency_finds_the_blob(toy):
     assert _hit_rate(to_negative, region) >= 0.7
     raw = compute_saliency("counterfactual", toy["clf"], x, toy["ae"], target=0, reference="input")
     assert raw.shape == x.shape
+
+
+def test_fixed_scale_keeps_a_weak_map_weak(toy):
+    """With ``scale`` the map is the raw difference over that one scale, clipped at 1: a volume whose
+    target is already reached (early stop at step 0) stays all zero, and a positive volume's map is its
+    per-volume map times a constant (same peak) until it clips."""
+    x = torch.cat([toy["x_pos"][:1], toy["x_neg"][:1]])
+    per_volume = compute_saliency("counterfactual", toy["clf"], x, toy["ae"], target=0, stop_at=0.5)
+    fixed = compute_saliency("counterfactual", toy["clf"], x, toy["ae"], target=0, stop_at=0.5, scale=1.0)
+    assert float(per_volume[1].max()) == 0.0 and float(fixed[1].max()) == 0.0   # nothing to change
+    assert 0 < float(fixed[0].max()) < 1                      # an image difference well below 1
+    kept = fixed[0] > 0                                       # unclipped: the same map, one constant lower
+    ratio = fixed[0][kept] / per_volume[0][kept]
+    assert float(ratio.std()) < 1e-3 * float(ratio.mean())
+    assert _hit_rate(fixed[:1], toy["region_pos"][:1]) == _hit_rate(per_volume[:1], toy["region_pos"][:1])
+    clipped = compute_saliency("counterfactual", toy["clf"], x, toy["ae"], target=0, stop_at=0.5, scale=1e-3)
+    assert float(clipped.max()) == 1.0 and float(clipped[1].max()) == 0.0
+    with pytest.raises(ConfigError, match="scale"):
+        compute_saliency("gradient", toy["clf"], x, scale=-1.0)
 
 
 def test_gradient_methods_localise_and_per_volume_targets_do_not_mix(toy):

@@ -341,6 +341,35 @@ def test_algorithm1_end_to_end(tmp_path, toy_datalist):
     assert (root / "acat" / "model.safetensors").stat().st_mtime_ns == before
 
 
+def test_ablation_retrains_acat_on_its_own_maps_against_the_same_baseline(tmp_path, toy_datalist):
+    """training.ablate_acat: a saliency override makes new maps (the card records them), a schedule
+    override reuses the seed's maps, and every record scores the one baseline on the one split."""
+    from ACATCore.checkpoint import load_model
+    from training.ablate_acat import main as ablate, summary
+    from training.run_algorithm1 import run_algorithm1
+    raw = tiny_config(toy_datalist, tmp_path / "run")
+    cfg_path = write_config(raw, tmp_path / "tiny.json")
+    run_algorithm1(resolved(raw), setup_runtime(resolved(raw)), tables=False)
+    ablate(["--config", str(cfg_path)])
+    ablate(["--config", str(cfg_path), "--name", "neg",
+            "--set", 'saliency.options={"steps": 2, "alpha": 0.01, "target": 0, "scale": 0.05}'])
+    ablate(["--config", str(cfg_path), "--name", "long", "--set", "acat.epochs=2"])
+    root = tmp_path / "run" / "seed0"
+    own, neg = np.load(root / "saliency" / "test.npy"), np.load(root / "ablation_neg" / "saliency" / "test.npy")
+    assert own.shape == neg.shape and neg.max() > 0 and not np.allclose(own, neg)
+    assert (root / "ablation_long" / "saliency").is_symlink()
+    neg_card = load_model(root / "ablation_neg" / "acat" / "model.safetensors")[1]
+    assert neg_card["data"]["training"]["saliency"]["options"] == {"steps": 2, "alpha": 0.01, "target": 0,
+                                                                   "scale": 0.05}
+    long_card = load_model(root / "ablation_long" / "acat" / "model.safetensors")[1]
+    assert long_card["data"]["training"]["hyperparameters"]["epochs"] == 2
+    records = [json.loads(line) for line in (tmp_path / "run" / "ablations.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in records] == ["config", "neg", "long"]
+    assert all(r[s]["baseline"] == records[0][s]["baseline"] for r in records for s in ("val", "test"))
+    table = summary(tmp_path / "run" / "ablations.jsonl")
+    assert len(table.splitlines()) == 5 and "| neg | 1 |" in table
+
+
 def test_tables_on_known_inputs(tmp_path):
     recs = [
         {"model": "baseline", "seed": 0, "y": [0, 1, 2, 3], "pred": [0, 1, 1, 3], "size": [0, 1, 2, 4],

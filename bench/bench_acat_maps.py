@@ -5,7 +5,8 @@
 For fresh ACAT-Synth cases (generator seed ``--seed``, no training run used it; the demo variants), the
 model input of the paper's single sampling, and the shipped ACAT network fed as its saliency:
 
-  counterfactual  the class-agnostic counterfactual map, as ``analyze`` makes it (its default search)
+  counterfactual  the counterfactual map ACAT was trained with (class-agnostic, or the card's target and
+                  fixed scale), as ``analyze`` makes it (its default search)
   zero            an all-zero map (no place is marked)
   flat            0.5 everywhere
   lesion mask     the case's own lesion mask (zero on lesion-free cases): the training control's map
@@ -50,8 +51,10 @@ def case_inputs(task: str, seed: int, index: int, label: int, bundle):
 
 def probabilities(bundle, x, mask) -> dict:
     """Softmax of the baseline and of ACAT with each map, for one case."""
+    opts = bundle.card["data"]["training"]["saliency"]["options"]     # the card's map: target, scale
+    chosen = {k: opts[k] for k in ("target", "scale") if opts.get(k) is not None}
     sal = compute_saliency("counterfactual", bundle.classifier, x, bundle.autoencoder, steps=DEFAULT_STEPS,
-                           alpha=100.0, **DEFAULT_SEARCH)    # = analyze's map (Testing/test_pipeline.py)
+                           alpha=100.0, **DEFAULT_SEARCH, **chosen)    # = analyze's ACAT input (test_pipeline.py)
     maps = {"counterfactual": sal, "zero": torch.zeros_like(sal), "flat": torch.full_like(sal, 0.5),
             "lesion mask": mask}
     with torch.no_grad():

@@ -8,7 +8,9 @@ Common options: ``smooth_sigma`` (in-plane Gaussian, pixels), ``percentile`` (ze
 volume's percentile, e.g. 95 as in the paper's Fig. 2b), ``saliency`` (the fixed input map of a
 saliency-aided classifier such as ACAT, paper Sec. 4.4 last paragraph), ``logits`` ("counterfactual",
 the default: score the head the counterfactual engine steers, i.e. the lesion head of the brain model;
-"forward": the classifier's own output). Each map is scaled to [0, 1] by its volume's max.
+"forward": the classifier's own output). Each map is scaled to [0, 1] by its volume's max, or, with
+``scale`` (a number, input units), divided by that one scale and clipped, so that a map with little in
+it stays near zero (the "negative" saliency ACAT can be trained with: ``target=0, scale=...``).
 
 ``target``: for ``counterfactual`` the class to move TO (None = every class: the class-agnostic map);
 for the others the class EXPLAINED (None = each volume's predicted class). An int or one per volume.
@@ -30,8 +32,8 @@ import torch
 from ..counterfactual import frozen_eval
 from ..errors import ConfigError
 from . import cam, gradients, latent
-from ._common import (check_input, gaussian_smooth, normalise, percentile_threshold, plain_classifier,
-                      score_fn)
+from ._common import (check_input, fixed_scale, gaussian_smooth, normalise, percentile_threshold,
+                      plain_classifier, score_fn)
 from .latent import LambdaSearch, lambda_search
 
 METHODS = ("counterfactual", "latent_shift", "norec", "gradient", "integrated_gradients",
@@ -41,18 +43,20 @@ NEEDS_AUTOENCODER = ("counterfactual", "latent_shift", "norec")
 __all__ = ["compute_saliency", "postprocess", "METHODS", "NEEDS_AUTOENCODER", "lambda_search", "LambdaSearch"]
 
 
-def postprocess(m: torch.Tensor, smooth_sigma=None, percentile=None) -> torch.Tensor:
-    """Normalise per volume, optionally smooth and threshold, normalise again: (B, S, 1, H, W) in [0, 1]."""
-    m = normalise(m)
+def postprocess(m: torch.Tensor, smooth_sigma=None, percentile=None, scale=None) -> torch.Tensor:
+    """Normalise per volume (or divide by the fixed ``scale``), optionally smooth and threshold,
+    normalise again: (B, S, 1, H, W) in [0, 1]."""
+    norm = normalise if scale is None else (lambda v: v)
+    m = normalise(m) if scale is None else fixed_scale(m, scale)
     if smooth_sigma:
-        m = normalise(gaussian_smooth(m, float(smooth_sigma)))
+        m = norm(gaussian_smooth(m, float(smooth_sigma)))
     if percentile is not None:
-        m = normalise(percentile_threshold(m, float(percentile)))
+        m = norm(percentile_threshold(m, float(percentile)))
     return m
 
 
 def compute_saliency(method, classifier, x, autoencoder=None, target=None, *, smooth_sigma=None,
-                     percentile=None, saliency=None, logits="counterfactual", **options) -> torch.Tensor:
+                     percentile=None, saliency=None, logits="counterfactual", scale=None, **options) -> torch.Tensor:
     """Saliency map of ``x`` by ``method`` (one of METHODS): a float32 tensor of x's shape in [0, 1]."""
     if method not in METHODS:
         raise ConfigError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}")
@@ -71,7 +75,7 @@ def compute_saliency(method, classifier, x, autoencoder=None, target=None, *, sm
         if method == "counterfactual":
             if logits != "counterfactual":
                 raise ConfigError("counterfactual saliency always steers counterfactual_logits")
-            m = latent.counterfactual_saliency(clf, x, autoencoder, target, **options)
+            m = latent.counterfactual_saliency(clf, x, autoencoder, target, scale=scale, **options)
         elif method == "latent_shift":
             m = latent.latent_shift(clf, x, autoencoder, target, **options)
         elif method == "norec":
@@ -86,5 +90,5 @@ def compute_saliency(method, classifier, x, autoencoder=None, target=None, *, sm
             m = cam.gradcampp(clf, fn, x, target, **options)
         else:
             m = cam.scorecam(clf, fn, x, target, logits=logits, **options)
-    m = postprocess(m.reshape(x.shape), smooth_sigma, percentile).to(x.device)
+    m = postprocess(m.reshape(x.shape), smooth_sigma, percentile, scale).to(x.device)
     return m[0] if single else m

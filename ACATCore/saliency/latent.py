@@ -18,8 +18,13 @@ from ..errors import ConfigError
 from ._common import for_volumes, normalise, resolve_targets
 
 
-def counterfactual_saliency(classifier, x, autoencoder, target=None, reference="reconstruction", **gen_options):
+def counterfactual_saliency(classifier, x, autoencoder, target=None, reference="reconstruction", scale=None,
+                            **gen_options):
     """Ours: per target |x_ref - D(z')|, each normalised by its own max, then averaged over targets.
+
+    ``scale``: None (the paper) normalises each target's map by its own max; a number keeps the raw
+    differences (input units) so that a volume the search hardly changes keeps a near-empty map
+    (:func:`ACATCore.saliency.compute_saliency` then divides by ``scale``).
 
     ``reference``: "reconstruction" (D(E(x)), default: the authors' code; the autoencoder's own blur
     cancels out) or "input" (the raw x). ``target``: None = all classes; an int = that class only; one
@@ -33,7 +38,7 @@ def counterfactual_saliency(classifier, x, autoencoder, target=None, reference="
     ref = res.reconstruction if reference == "reconstruction" else x.detach()
     T, B = res.counterfactuals.shape[:2]
     diff = (ref[None] - res.counterfactuals).abs().reshape(T * B, *x.shape[1:])
-    maps = normalise(diff).reshape(T, B, *x.shape[1:])
+    maps = (normalise(diff) if scale is None else diff).reshape(T, B, *x.shape[1:])
     if per_volume:
         t = torch.as_tensor(target, dtype=torch.long, device=maps.device)
         return maps[t, torch.arange(B, device=maps.device)]
