@@ -8,8 +8,8 @@
     python -m training.ablate_acat --summary runs/brain_synth_demo/ablations.jsonl
 
 Needs the seed's baseline and autoencoder (training.run_algorithm1). The variant lives under
-<seed>/ablation_<name>/: its own saliency maps when the --set options change the `saliency` section
-(else a link to the seed's maps) and its ACAT. Prints, and appends to <out_dir>/ablations.jsonl, the
+<seed>/ablation_<name>/: its own saliency maps when its `saliency` section differs from the one the
+seed's ACAT was trained with (else a link to the seed's maps) and its ACAT. Prints, and appends to <out_dir>/ablations.jsonl, the
 validation and test accuracy, sensitivity and specificity of the baseline and of this ACAT: every
 row of a table compares ACAT with the same baseline on the same split. --summary prints the table
 (mean and standard error over seeds, and the per-seed ACAT - baseline).
@@ -48,6 +48,16 @@ def scores(y: np.ndarray, pred: np.ndarray) -> dict:
             "specificity": float((pred[y == 0] == 0).mean())}
 
 
+def same_maps(cfg: dict, base_cfg: dict, seed_dir: Path) -> bool:
+    """Whether `cfg` asks for the maps the seed's ACAT was trained with (its card says how they were
+    made; without one, the config file's saliency section)."""
+    card = seed_dir / "acat" / "model.json"
+    if card.exists():
+        used = json.loads(card.read_text())["data"]["training"]["saliency"] or {}
+        return (used.get("method"), used.get("options")) == (cfg["saliency"]["method"], cfg["saliency"]["options"])
+    return cfg["saliency"] == base_cfg["saliency"]
+
+
 def prepare_variant(cfg: dict, base_cfg: dict, seed: int, rt, name: str) -> Path:
     """The variant's folder with its maps (new ones, or a link to the seed's) and its trained ACAT."""
     seed_dir = run_dir(cfg, seed)
@@ -55,7 +65,7 @@ def prepare_variant(cfg: dict, base_cfg: dict, seed: int, rt, name: str) -> Path
         return seed_dir
     root = seed_dir / f"ablation_{name}"
     root.mkdir(parents=True, exist_ok=True)
-    if cfg["saliency"] == base_cfg["saliency"] and not (root / "saliency").exists():
+    if same_maps(cfg, base_cfg, seed_dir) and not (root / "saliency").exists():
         (root / "saliency").symlink_to((seed_dir / "saliency").resolve())
     if not saliency_done(root):
         make_saliency(cfg, seed, rt, root=root, classifier_path=seed_dir / "baseline" / "model.safetensors")
