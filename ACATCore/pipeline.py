@@ -550,21 +550,28 @@ class _Watched(torch.nn.Module):
         return fn(x) if fn is not None else self.classifier(x)
 
 
-def acat_saliency(card: dict, cf, ref, sal):
-    """The map ACAT reads, made as its training maps were (the ACAT card's data.training.saliency):
-    the class-agnostic ``sal`` (the paper), or, when the card gives a ``scale``, the raw |ref - cf_t| of
-    its ``target`` (else the mean over targets) divided by ``scale`` and clipped to [0, 1], as
-    ``compute_saliency(..., target=, scale=)`` makes it. ``cf``: (B, T, S, 1, H, W)."""
+def acat_map_options(card: dict) -> dict:
+    """The ``target`` / ``scale`` of the maps ACAT was trained with (its card's data.training.saliency
+    options); empty for the paper's class-agnostic, per-volume normalised map."""
     spec = ((card.get("data") or {}).get("training") or {}).get("saliency") or {}
     opts = spec.get("options") or {}
-    if opts.get("scale") is None:
+    return {k: opts[k] for k in ("target", "scale") if opts.get(k) is not None}
+
+
+def acat_saliency(card: dict, cf, ref, sal):
+    """The map ACAT reads, made as its training maps were: the class-agnostic ``sal`` (the paper), or,
+    with a ``scale`` in :func:`acat_map_options`, the raw |ref - cf_t| of its ``target`` (else the mean
+    over targets) at that fixed scale, as ``compute_saliency(..., target=, scale=)`` makes it.
+    ``cf``: (B, T, S, 1, H, W)."""
+    from .saliency._common import fixed_scale
+    opts = acat_map_options(card)
+    if "scale" not in opts:
         return sal
-    diff = (cf - ref[:, None]).abs().float()
+    diff = (cf - ref[:, None]).abs()
     t = opts.get("target")
     if t is not None and not 0 <= int(t) < diff.shape[1]:
         raise ModelFileError(f"the ACAT card's saliency target {t} is not one of the {diff.shape[1]} classes")
-    diff = diff.mean(1) if t is None else diff[:, int(t)]
-    return (diff / float(opts["scale"])).clamp(0, 1)
+    return fixed_scale(diff.mean(1) if t is None else diff[:, int(t)], opts["scale"])
 
 
 def counterfactual_saliency(cf, ref):

@@ -25,7 +25,7 @@ import torch
 from ACATCore.brain_extraction import extract_brain
 from ACATCore.counterfactual_options import DEFAULT_SEARCH, DEFAULT_STEPS
 from ACATCore.data import synth
-from ACATCore.pipeline import load_models
+from ACATCore.pipeline import acat_map_options, load_models
 from ACATCore.preprocessing import prepare, to_canonical
 from ACATCore.saliency import compute_saliency
 from ACATCore.volume import Volume
@@ -51,10 +51,8 @@ def case_inputs(task: str, seed: int, index: int, label: int, bundle):
 
 def probabilities(bundle, x, mask) -> dict:
     """Softmax of the baseline and of ACAT with each map, for one case."""
-    opts = bundle.card["data"]["training"]["saliency"]["options"]     # the card's map: target, scale
-    chosen = {k: opts[k] for k in ("target", "scale") if opts.get(k) is not None}
     sal = compute_saliency("counterfactual", bundle.classifier, x, bundle.autoencoder, steps=DEFAULT_STEPS,
-                           alpha=100.0, **DEFAULT_SEARCH, **chosen)    # = analyze's ACAT input (test_pipeline.py)
+                           alpha=100.0, **DEFAULT_SEARCH, **acat_map_options(bundle.card))   # = analyze's ACAT input
     maps = {"counterfactual": sal, "zero": torch.zeros_like(sal), "flat": torch.full_like(sal, 0.5),
             "lesion mask": mask}
     with torch.no_grad():

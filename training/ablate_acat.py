@@ -9,10 +9,10 @@
 
 Needs the seed's baseline and autoencoder (training.run_algorithm1). The variant lives under
 <seed>/ablation_<name>/: its own saliency maps when its `saliency` section differs from the one the
-seed's ACAT was trained with (else a link to the seed's maps) and its ACAT. Prints, and appends to <out_dir>/ablations.jsonl, the
-validation and test accuracy, sensitivity and specificity of the baseline and of this ACAT: every
-row of a table compares ACAT with the same baseline on the same split. --summary prints the table
-(mean and standard error over seeds, and the per-seed ACAT - baseline).
+seed's ACAT was trained with (else a link to the seed's maps), and its ACAT. Prints, and appends to
+<out_dir>/ablations.jsonl, the validation and test accuracy, sensitivity and specificity of the
+baseline and of this ACAT: every row of a table compares ACAT with the same baseline on the same
+split. --summary prints the table (mean and standard error over seeds, per-seed ACAT - baseline).
 """
 from __future__ import annotations
 
@@ -20,9 +20,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from ACATCore.errors import ConfigError
+from ACATCore.metrics import accuracy, mean_sem, sensitivity_specificity
 from training.cards import load_final
+from training.classifier import predict
 from training.config import base_parser, config_from_args, load_config
 from training.data import attach_saliency, load_splits, run_dir, saliency_done
 from training.make_saliency import make_saliency
@@ -30,22 +32,12 @@ from training.runtime import run_main, started
 from training.train_acat import train_acat
 
 
-def predictions(model, ds, needs_saliency: bool) -> np.ndarray:
-    """Predicted class of every volume of the split `ds`."""
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(ds), 16):
-            b = ds.get(list(range(s, min(s + 16, len(ds)))), with_saliency=needs_saliency)
-            logits = model(b["x"], b["saliency"]) if needs_saliency else model(b["x"])
-            logits = logits[0] if isinstance(logits, tuple) else logits
-            out.append(logits.argmax(1).numpy())
-    return np.concatenate(out)
-
-
-def scores(y: np.ndarray, pred: np.ndarray) -> dict:
-    """Accuracy, and sensitivity / specificity of "any finding" (class > 0)."""
-    return {"accuracy": float((pred == y).mean()), "sensitivity": float((pred[y > 0] > 0).mean()),
-            "specificity": float((pred[y == 0] == 0).mean())}
+def scores(model, ds, rt, needs_saliency: bool) -> dict:
+    """Accuracy, and sensitivity / specificity of "any finding", of `model` on the split `ds`."""
+    probs, y = predict(model, ds, rt, needs_saliency)
+    pred = probs.argmax(1).numpy()
+    sens, spec = sensitivity_specificity(y.numpy(), pred)
+    return {"accuracy": accuracy(y.numpy(), pred), "sensitivity": sens, "specificity": spec}
 
 
 def same_maps(cfg: dict, base_cfg: dict, seed_dir: Path) -> bool:
@@ -81,12 +73,12 @@ def ablate(cfg: dict, base_cfg: dict, seed: int, rt, name: str) -> dict:
     attach_saliency(cfg, seed, splits, root=root)
     baseline, _ = load_final(run_dir(cfg, seed) / "baseline" / "model.safetensors", "baseline")
     acat, _ = load_final(root / "acat" / "model.safetensors", "ACAT")
+    baseline, acat = baseline.to(rt.device), acat.to(rt.device)
     record = {"name": name, "seed": seed, "task": cfg["task"], "saliency": cfg["saliency"]["options"],
               "acat": {k: cfg["acat"][k] for k in ("epochs", "lr")}}
     for split in ("val", "test"):
-        ds, y = splits[split], np.asarray(splits[split].labels)
-        record[split] = {"baseline": scores(y, predictions(baseline.eval(), ds, False)),
-                         "acat": scores(y, predictions(acat.eval(), ds, True))}
+        record[split] = {"baseline": scores(baseline, splits[split], rt, False),
+                         "acat": scores(acat, splits[split], rt, True)}
     return record
 
 
@@ -96,14 +88,14 @@ def summary(path: Path) -> str:
     for line in path.read_text().splitlines():
         r = json.loads(line)
         recs[(r["name"], r["seed"])] = r
-    se = lambda a: float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan")
     lines = ["| variant | seeds | baseline test | ACAT test | ACAT - baseline (per seed) | ACAT val | "
              "ACAT sens / spec | baseline sens / spec |", "|---|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(n for n, _ in recs):
         rs = [recs[k] for k in sorted(k for k in recs if k[0] == name)]
         get = lambda split, m, k: np.array([r[split][m][k] for r in rs]) * 100
         tb, ta = get("test", "baseline", "accuracy"), get("test", "acat", "accuracy")
-        lines.append(f"| {name} | {len(rs)} | {tb.mean():.1f} ({se(tb):.1f}) | {ta.mean():.1f} ({se(ta):.1f}) | "
+        (mb, sb), (ma, sa) = mean_sem(tb), mean_sem(ta)
+        lines.append(f"| {name} | {len(rs)} | {mb:.1f} ({sb:.1f}) | {ma:.1f} ({sa:.1f}) | "
                      f"{(ta - tb).mean():+.1f} ({', '.join(f'{d:+.1f}' for d in ta - tb)}) | "
                      f"{get('val', 'acat', 'accuracy').mean():.1f} | "
                      f"{get('test', 'acat', 'sensitivity').mean():.0f} / {get('test', 'acat', 'specificity').mean():.0f}% | "
@@ -121,6 +113,8 @@ def main(argv=None):
     if args.summary:
         print(summary(args.summary))
         return
+    if args.set and not args.name:
+        raise ConfigError("--set makes a variant: give it a --name (its folder is <seed>/ablation_<name>)")
     cfg = config_from_args(args)
     base_cfg = load_config(args.config)
     with started(cfg) as rt:

@@ -32,7 +32,7 @@ import torch
 from ..counterfactual import frozen_eval
 from ..errors import ConfigError
 from . import cam, gradients, latent
-from ._common import (check_input, fixed_scale, gaussian_smooth, normalise, percentile_threshold,
+from ._common import (check_input, check_scale, fixed_scale, gaussian_smooth, normalise, percentile_threshold,
                       plain_classifier, score_fn)
 from .latent import LambdaSearch, lambda_search
 
@@ -66,6 +66,7 @@ def compute_saliency(method, classifier, x, autoencoder=None, target=None, *, sm
         if saliency is not None and saliency.dim() == 4:
             saliency = saliency[None]
     check_input(x)
+    check_scale(scale)                                  # before any work
     x = x.detach().float()
     if method in NEEDS_AUTOENCODER and autoencoder is None:
         raise ConfigError(f"saliency method {method!r} needs the autoencoder; pass autoencoder=")

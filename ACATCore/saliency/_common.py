@@ -63,10 +63,15 @@ def normalise(m: torch.Tensor) -> torch.Tensor:
     return torch.where(mx > 0, m / mx.clamp_min(1e-30), torch.zeros_like(m))
 
 
+def check_scale(scale) -> None:
+    """A fixed map scale is a number > 0 (None: each map scaled by its own max)."""
+    if scale is not None and not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0):
+        raise ConfigError(f"saliency: scale must be a number > 0 (or None for per-volume max), got {scale!r}")
+
+
 def fixed_scale(m: torch.Tensor, scale: float) -> torch.Tensor:
     """``m / scale`` clipped to [0, 1]: one scale for every volume, so a weak map stays weak."""
-    if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0):
-        raise ConfigError(f"saliency: scale must be a number > 0 (or None for per-volume max), got {scale!r}")
+    check_scale(scale)
     m = torch.nan_to_num(m.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
     return (m / float(scale)).clamp(0, 1)
 
