@@ -15,8 +15,10 @@ all of them. ``coverage="full"`` (the default) runs several samplings shifted by
 sampling step (offsets), so that every input slice is one of the model's slices in at least one of
 them; per-slice maps come from the sampling that saw that slice, probabilities and baseline
 probabilities are the mean over the samplings. ``coverage="sampled"`` runs the paper's single
-centred sampling. Either way ``AnalysisResult.slices_seen`` says which input slices the model saw;
-maps are zero (counterfactuals equal to the input) on slices it did not see.
+centred sampling. A card whose preprocessing says ``"slab": true`` makes each model slice the mean of
+a thick slab of input slices, so its one sampling sees every slice whatever the coverage; each input
+slice takes its slab's maps. Either way ``AnalysisResult.slices_seen`` says which input slices the
+model saw; maps are zero (counterfactuals equal to the input) on slices it did not see.
 
 Counterfactual volumes are reported in HU as ``input + (D(z') - D(E(x)))`` mapped back to the input
 grid: the change the model asks for, added to the full-resolution scan (the decoder output itself
@@ -230,11 +232,12 @@ def read_input(volume_or_path) -> Volume:
 # -------------------------------------------------------------------------------------- sampling
 def sampling_offsets(n_slices: int, spec: dict, coverage: str = "full") -> list:
     """Slice-sampling offsets for ``prepare``: ``[0.0]`` (the paper's centred sampling) for
-    ``coverage="sampled"``; for ``"full"`` the fewest offsets whose samplings see every slice."""
+    ``coverage="sampled"`` and for a slab spec (its one sampling sees every slice); for ``"full"`` the
+    fewest offsets whose samplings see every slice."""
     from .preprocessing import coverage_offsets
     if coverage not in COVERAGES:
         raise ConfigError(f"coverage must be one of {', '.join(COVERAGES)}, not {coverage!r}")
-    if coverage == "sampled":
+    if coverage == "sampled" or spec.get("slab"):      # slabs: one sampling sees every slice
         return [0.0]
     return [float(o) for o in coverage_offsets(int(n_slices), int(spec.get("slices", 11)))]
 
@@ -254,7 +257,7 @@ def _prepare_all(volume, spec, coverage, prog):
     prepared, seen = [], set()
     for n, off in enumerate(offsets):
         prepared.append(prepare(volume, spec, offset=off, brain=brain))
-        seen.update(int(k) for k in np.asarray(prepared[-1].slice_indices).ravel())
+        seen.update(int(k) for k in prepared[-1].slices_seen())
         prog.report((n + 1) / len(offsets))
     return prepared, offsets, seen, n_slices, brain
 

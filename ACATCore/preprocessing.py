@@ -17,6 +17,9 @@
    position ``(s + 0.5 + o) * K / S - 0.5`` of the K canonical slices, rounded, with ``o = offset`` for
    ``offset < 0.5`` and ``offset - 1`` otherwise. ``offset = 0`` is the centred grid; the offsets of
    :func:`coverage_offsets` together see every slice. With fewer than S slices, slices repeat (warned).
+   **Slabs** (``"slab": true``): instead of one slice, model slice ``s`` is the mean of the ``s``-th of
+   S contiguous runs of slices (:func:`slab_ranges`), a thick slab, so one sampling sees every slice
+   (a lesion cannot fall between samples, thin-slice noise is averaged) and ``offset`` is not used.
 3. **Window** ``[lo, hi]`` HU -> [0, 1] (clipped).
 4. **Resize** each slice (or its crop) to ``size`` = (H, W), bilinear (antialiased when shrinking), pixel-centre
    aligned (``align_corners=False``).
@@ -27,8 +30,9 @@
 
 :meth:`Prepared.to_input_grid` inverts 5, 4 and 1 and puts each input slice the value of the NEAREST
 sampled slice along k (slices equally near two sampled slices, or sampled several times, get their
-mean), so that every input slice carries a value; :meth:`Prepared.slices_seen` lists the input
-slices the model actually saw, for callers that want to mark the others.
+mean), so that every input slice carries a value (with slabs: the value of its slab);
+:meth:`Prepared.slices_seen` lists the input slices the model actually saw, for callers that want to
+mark the others.
 """
 from __future__ import annotations
 
@@ -119,6 +123,14 @@ def sample_slices(num_slices: int, S: int, offset: float = 0.0) -> np.ndarray:
     return np.clip(np.floor(positions + 0.5), 0, num_slices - 1).astype(np.int64)
 
 
+def slab_ranges(num_slices: int, S: int) -> np.ndarray:
+    """(S, 2) half-open ranges [a, b) of the S contiguous, (nearly) equal runs of ``num_slices`` slices
+    that together cover every slice; with fewer slices than S each run is one slice (repeats)."""
+    a = np.floor(np.arange(S) * num_slices / S).astype(np.int64)
+    b = np.maximum(a + 1, np.floor(np.arange(1, S + 1) * num_slices / S).astype(np.int64))
+    return np.stack([a, b], axis=1)
+
+
 def coverage_offsets(num_slices: int, S: int) -> list:
     """The fewest evenly spaced offsets whose samplings together see every one of ``num_slices``."""
     n = max(1, math.ceil(num_slices / S))
@@ -149,11 +161,13 @@ def check_spec(spec: dict) -> dict:
         raise ConfigError(f"orientation {orientation!r} unknown; use one of {ORIENTATIONS}")
     if midline not in MIDLINES:
         raise ConfigError(f"midline {midline!r} unknown; use 'center', 'symmetry' or null")
-    extraction = spec.get("brain_extraction", False)
+    extraction, slab = spec.get("brain_extraction", False), spec.get("slab", False)
     if not isinstance(extraction, bool):
         raise ConfigError(f"brain_extraction must be true or false, not {extraction!r}")
+    if not isinstance(slab, bool):
+        raise ConfigError(f"slab must be true or false, not {slab!r}")
     return {"window": [lo, hi], "slices": S, "size": [H, W], "orientation": orientation, "midline": midline,
-            "brain_extraction": extraction}
+            "brain_extraction": extraction, "slab": slab}
 
 
 def window(array, lo: float, hi: float) -> np.ndarray:
@@ -244,7 +258,7 @@ class Prepared:
     slice_indices: np.ndarray         # (S,) indices of the sampled slices along the input's slice axis
     input: Volume                     # the input volume (geometry reference; not modified)
     canonical: Volume                 # the input relabelled to LPS-axial (same voxels)
-    canonical_indices: np.ndarray     # (S,) sampled canonical k indices
+    canonical_indices: np.ndarray     # (S,) sampled canonical k indices (with slabs: each slab's middle)
     perm: tuple                       # numpy axis permutation input -> canonical
     flip: tuple                       # flips applied after the permutation
     spec: dict
@@ -253,6 +267,7 @@ class Prepared:
     warnings: list = field(default_factory=list)
     box: tuple = None                 # canonical in-plane crop (j0, j1, i0, i1) resized to the model size
     brain: object = None              # BrainMask (canonical) when the spec asks for brain extraction
+    slabs: np.ndarray = None          # (S, 2) canonical [a, b) of each model slice's slab; None: one slice
 
     def __post_init__(self):
         if self.box is None:
@@ -264,9 +279,20 @@ class Prepared:
         """The input numpy axis along which slices were sampled (0 for an axial scan)."""
         return int(self.perm[0])
 
+    def canonical_members(self) -> list:
+        """For each model slice, the canonical k indices it was made from (one, or its slab's)."""
+        if self.slabs is None:
+            return [np.array([k]) for k in np.asarray(self.canonical_indices, dtype=np.int64)]
+        return [np.arange(a, b) for a, b in self.slabs]
+
+    def members(self) -> list:
+        """For each model slice, the input slice indices (along :attr:`slice_axis`) it was made from."""
+        n = self.input.array.shape[self.slice_axis]
+        return [n - 1 - ks if self.flip[0] else ks for ks in self.canonical_members()]
+
     def slices_seen(self) -> np.ndarray:
         """Sorted unique indices of the input slices (along :attr:`slice_axis`) the model saw."""
-        return np.unique(self.slice_indices)
+        return np.unique(np.concatenate(self.members()))
 
     # model grid -> canonical continuous index
     def model_to_canonical(self, s, h, w) -> np.ndarray:
@@ -300,8 +326,9 @@ class Prepared:
         out = np.empty((K, J, I), dtype=np.float32)
         positions = self.canonical_indices.astype(float)
         for k in range(K):
+            inside = [] if self.slabs is None else np.flatnonzero((self.slabs[:, 0] <= k) & (k < self.slabs[:, 1]))
             dist = np.abs(positions - k)
-            nearest = np.flatnonzero(dist <= dist.min() + 1e-9)
+            nearest = inside if len(inside) else np.flatnonzero(dist <= dist.min() + 1e-9)
             out[k] = m[nearest].mean(axis=0) if len(nearest) > 1 else m[nearest[0]]
         return out
 
@@ -312,16 +339,26 @@ class Prepared:
 
     def to_model_grid(self, volume: Volume, mode: str = "nearest") -> np.ndarray:
         """Another volume on the input grid (e.g. a lesion mask) sampled like the input: (S, H, W)
-        float32, without windowing. ``mode`` "nearest" for labels, "bilinear" for intensities."""
+        float32, without windowing. ``mode`` "nearest" for labels (with slabs: the slab's middle slice),
+        "max" for masks (with slabs: set where any slice of the slab is), "bilinear" for intensities
+        (with slabs: the slab's mean)."""
         if tuple(volume.array.shape) != tuple(self.input.array.shape):
             raise ValueError(f"volume of shape {volume.array.shape} is not on the input grid {self.input.array.shape}")
         array = np.transpose(np.asarray(volume.array), self.perm)
         flips = [a for a in range(3) if self.flip[a]]
         if flips:
             array = np.flip(array, axis=flips)
-        stack = _crop(np.asarray(array[self.canonical_indices], dtype=np.float32), self.box, 0.0)
+        if mode not in ("nearest", "max", "bilinear"):
+            raise ValueError(f"mode {mode!r}: use 'nearest', 'max' or 'bilinear'")
+        if self.slabs is None or mode == "nearest":
+            stack = np.asarray(array[self.canonical_indices], dtype=np.float32)
+        else:
+            reduce = np.max if mode == "max" else np.mean
+            stack = np.stack([reduce(np.asarray(array[ks], dtype=np.float32), axis=0)
+                              for ks in self.canonical_members()])
+        stack = _crop(stack, self.box, 0.0)
         t = torch.from_numpy(np.ascontiguousarray(stack))[:, None]
-        if mode == "nearest":
+        if mode in ("nearest", "max"):
             out = F.interpolate(t, size=tuple(self.spec["size"]), mode="nearest-exact")
         else:
             out = F.interpolate(t, size=tuple(self.spec["size"]), mode="bilinear", align_corners=False)
@@ -358,11 +395,10 @@ def prepare(volume: Volume, spec: dict, offset: float = 0.0, brain=None) -> Prep
                    f"than the model's {S}: some slices are used twice")
         notes.append(message)
         warnings.warn(message, stacklevel=2)
-    ks = first + sample_slices(count, S, offset)
-    stack = canonical.array[ks]
-    if brain is not None:
-        stack = np.where(brain.mask[ks], stack, lo)
-    stack = _crop(window(stack, lo, hi), box, 0.0)
+    slabs = first + slab_ranges(count, S) if spec["slab"] else None
+    ks = (slabs[:, 0] + slabs[:, 1] - 1) // 2 if spec["slab"] else first + sample_slices(count, S, offset)
+    stack = _sampled_stack(canonical.array, lo, hi, ks, slabs, brain)
+    stack = _crop(stack, box, 0.0)
     stack = _resize(stack, (H, W), antialias=(H < box[1] - box[0] or W < box[3] - box[2]))
     midline = {"method": spec["midline"], "column": (W - 1) / 2.0, "shift_px": 0}
     if spec["midline"] == "symmetry":
@@ -374,7 +410,17 @@ def prepare(volume: Volume, spec: dict, offset: float = 0.0, brain=None) -> Prep
     tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
     return Prepared(tensor=tensor, slice_indices=np.asarray(slice_indices, dtype=np.int64), input=volume,
                     canonical=canonical, canonical_indices=ks, perm=perm, flip=flip, spec=spec,
-                    offset=float(offset), midline=midline, warnings=notes, box=box, brain=brain)
+                    offset=float(offset), midline=midline, warnings=notes, box=box, brain=brain, slabs=slabs)
+
+
+def _sampled_stack(array: np.ndarray, lo: float, hi: float, ks, slabs, brain) -> np.ndarray:
+    """(S, J, I) windowed slices ``ks`` of the canonical ``array``, or the mean of each slab's windowed
+    slices; outside the brain (when ``brain`` is given) the window's lower value."""
+    def windowed(k):
+        return window(np.where(brain.mask[k], array[k], lo) if brain is not None else array[k], lo, hi)
+    if slabs is None:
+        return windowed(ks)
+    return np.stack([windowed(np.arange(a, b)).mean(axis=0) for a, b in slabs])
 
 
 class SliceMerger:
@@ -392,7 +438,7 @@ class SliceMerger:
         self.seen_by = []
         for p in prepared:
             mask = np.zeros(n, dtype=bool)
-            mask[np.asarray(p.slice_indices, dtype=int)] = True
+            mask[p.slices_seen()] = True
             self.seen_by.append(mask)
             self.count += mask
         self.sums = {}
@@ -429,8 +475,9 @@ class SliceMerger:
     def add_slice_values(self, name: str, sampling: int, values: np.ndarray):
         n = self.volume.shape[self.axis]
         total, count = self.slice_sums.setdefault(name, (np.zeros(n), np.zeros(n)))
-        k = np.asarray(self.prepared[sampling].slice_indices, dtype=int)
-        np.add.at(total, k, np.asarray(values, dtype=float))
+        members = self.prepared[sampling].members()          # each model slice's input slices
+        k = np.concatenate(members)
+        np.add.at(total, k, np.repeat(np.asarray(values, dtype=float), [len(m) for m in members]))
         np.add.at(count, k, 1)
 
     def slice_values_of(self, name: str) -> np.ndarray:

@@ -24,8 +24,10 @@ def chest_ct_path() -> Path:
     return Path(os.path.dirname(slicerio.__file__)) / "data" / "CTChest4.nrrd"
 
 
-def make_bundle(folder, task: str = "lung", size=None, slices: int = 11, seed: int = 0) -> Path:
-    """Write a tiny untrained bundle (classifier, autoencoder, acat + cards) into ``folder``."""
+def make_bundle(folder, task: str = "lung", size=None, slices: int = 11, seed: int = 0,
+                preprocessing_extra: dict = None) -> Path:
+    """Write a tiny untrained bundle (classifier, autoencoder, acat + cards) into ``folder``;
+    ``preprocessing_extra`` adds keys to the cards' preprocessing (e.g. ``{"slab": True}``)."""
     torch.manual_seed(seed)
     folder = Path(folder)
     if task == "lung":
@@ -44,6 +46,7 @@ def make_bundle(folder, task: str = "lung", size=None, slices: int = 11, seed: i
         preprocessing = {"window": [0.0, 80.0], "slices": slices, "size": list(size),
                          "orientation": "LPS-axial", "midline": "center"}
         classes = BRAIN_CLASSES
+    preprocessing.update(preprocessing_extra or {})
     autoencoder = build_model("autoencoder", stem_channels=8, encoder_channels=[4, 4, 8],
                               decoder_channels=[8, 4, 4], blocks_per_stage=1)
     # Untrained nets with BatchNorm at its initial statistics ignore their input (zero input

@@ -90,6 +90,16 @@ def test_progress_stages_in_order_and_monotonic(full_result):
     assert set(result.timings) == set(order)
 
 
+def test_a_slab_card_sees_every_slice_in_one_sampling(tmp_path, chest):
+    bundle = make_bundle(tmp_path / "slab", "lung", preprocessing_extra={"slab": True})
+    result = analyze(chest, model=bundle, steps=2)              # coverage "full" by default
+    assert result.settings["offsets"] == [0.0]
+    np.testing.assert_array_equal(result.slices_seen, np.arange(chest.shape[0]))
+    assert np.isfinite(result.slice_weights).all()
+    moved = np.abs(result.counterfactuals["findings"].array - chest.array).max(axis=(1, 2))
+    assert (moved > 0).sum() > 11            # the change reaches more slices than the 11 model slices
+
+
 def test_sampled_coverage_marks_unseen_slices(lung_bundle, chest):
     result = analyze(chest, model=lung_bundle, coverage="sampled", steps=2)
     seen = result.slices_seen

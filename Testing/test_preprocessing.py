@@ -5,8 +5,8 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from ACATCore.errors import ConfigError
-from ACATCore.preprocessing import (coverage_offsets, estimate_midline, prepare, sample_slices, to_canonical,
-                                    window)
+from ACATCore.preprocessing import (SliceMerger, coverage_offsets, estimate_midline, prepare, sample_slices,
+                                    slab_ranges, to_canonical, window)
 from ACATCore.volume import Volume
 
 SPEC = {"window": [-1000, 1000], "slices": 7, "size": [48, 40], "orientation": "LPS-axial", "midline": None}
@@ -153,6 +153,67 @@ def test_to_model_grid_samples_a_mask_like_the_image():
 def test_bad_spec_is_a_config_error():
     v = linear_volume(np.eye(3))
     for bad in ({**SPEC, "window": [100, 0]}, {**SPEC, "midline": "left"}, {**SPEC, "orientation": "RAS"},
-                {"slices": 3}):
+                {"slices": 3}, {**SPEC, "slab": "yes"}):
         with pytest.raises(ConfigError):
             prepare(v, bad)
+
+
+# ------------------------------------------------------------------------------ slabs
+def slice_ramp(shape=(30, 20, 20), direction=np.eye(3)) -> Volume:
+    """Every voxel of input slice k (along axis 0) holds 10 * k HU: slab means are easy to know."""
+    array = np.broadcast_to(10.0 * np.arange(shape[0], dtype=np.float32)[:, None, None], shape).copy()
+    return Volume(array, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), direction)
+
+
+def test_slab_ranges_cover_every_slice_in_nearly_equal_runs():
+    for K, S in [(100, 11), (30, 7), (11, 11), (257, 7)]:
+        r = slab_ranges(K, S)
+        assert r[0, 0] == 0 and r[-1, 1] == K and (r[1:, 0] == r[:-1, 1]).all()   # contiguous, all of 0..K-1
+        assert np.ptp(r[:, 1] - r[:, 0]) <= 1
+    np.testing.assert_array_equal(slab_ranges(5, 7)[:, 1] - slab_ranges(5, 7)[:, 0], 1)   # fewer: one each
+
+
+def test_a_slab_slice_is_the_mean_of_its_windowed_slices_and_sees_every_slice():
+    v = slice_ramp()
+    p = prepare(v, {**SPEC, "window": [0, 1000], "slab": True})
+    for s, (a, b) in enumerate(p.slabs):
+        want = np.mean(10.0 * np.arange(a, b)) / 1000
+        np.testing.assert_allclose(p.tensor[s, 0].numpy(), want, atol=1e-6)
+    np.testing.assert_array_equal(p.slices_seen(), np.arange(30))
+    point = prepare(v, {**SPEC, "window": [0, 1000]})
+    assert len(point.slices_seen()) == 7 and p.offset == 0.0
+
+
+def test_slab_members_follow_a_flipped_slice_axis():
+    flipped = np.diag([1.0, 1.0, -1.0])          # input slice 0 is the most superior
+    p = prepare(slice_ramp(direction=flipped), {**SPEC, "window": [0, 1000], "slab": True})
+    for s, members in enumerate(p.members()):
+        want = np.mean(10.0 * members) / 1000
+        np.testing.assert_allclose(p.tensor[s, 0].numpy(), want, atol=1e-6)
+
+
+def test_slab_maps_go_back_to_every_slice_of_their_slab():
+    v = slice_ramp()
+    p = prepare(v, {**SPEC, "slab": True})
+    m = np.broadcast_to(np.arange(7, dtype=np.float32)[:, None, None], (7, 48, 40))
+    back = p.to_input_grid(m).array[:, 10, 10]
+    for s, (a, b) in enumerate(p.slabs):
+        np.testing.assert_allclose(back[a:b], s)
+    merger = SliceMerger(v, [p])
+    merger.add_slice_values("w", 0, np.arange(7.0))
+    values = merger.slice_values_of("w")
+    for s, (a, b) in enumerate(p.slabs):
+        np.testing.assert_allclose(values[a:b], s)
+
+
+def test_a_lesion_on_one_slice_of_a_slab_shows_in_its_max_not_its_middle():
+    v = slice_ramp()
+    p = prepare(v, {**SPEC, "slab": True})
+    a, b = p.slabs[3]
+    mask = np.zeros(v.shape, np.uint8)
+    mask[a, 5:15, 5:15] = 1                       # the slab's first slice, not its middle
+    mask = v.with_array(mask)
+    assert p.to_model_grid(mask, mode="max")[3].max() == 1.0
+    assert p.to_model_grid(mask, mode="max").sum(axis=(1, 2)).astype(bool).tolist() == [s == 3 for s in range(7)]
+    assert p.to_model_grid(mask, mode="nearest")[3].max() == 0.0
+    assert 0.0 < p.to_model_grid(mask, mode="bilinear")[3].max() < 1.0

@@ -145,7 +145,7 @@ def _write_cache(cfg: dict, cache: Path, key: str):
         prep = prepare(read_volume(e["image"]), pre)
         x[i] = prep.tensor.numpy().astype(np.float16)
         if has_mask:
-            mask[i] = prep.to_model_grid(read_volume(e["mask"]), mode="nearest")
+            mask[i] = prep.to_model_grid(read_volume(e["mask"]), mode="max")
         if has_regions:
             regions[i] = prep.to_model_grid(read_volume(e[_region_key(e)]), mode="nearest")
     x.flush()
