@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", "-o", required=True, help="output folder (must not exist, or use --overwrite)")
     a.add_argument("--format", choices=("nrrd", "nifti"), default="nrrd", help="map file format (default nrrd)")
     a.add_argument("--coverage", choices=("full", "sampled"), default="full",
-                   help="full: the model sees every slice (several samplings, default); sampled: the "
-                   "paper's single sampling of S slices")
+                   help="full: the model sees every slice (several samplings, default; one for a bundle "
+                   "whose slices are thick slabs); sampled: the paper's single sampling of S slices")
     a.add_argument("--steps", type=int, default=None,
                    help=f"counterfactual steps (default {FAST_STEPS} with --solver fista, {PAPER_STEPS} with gd)")
     a.add_argument("--alpha", type=float, default=100.0, help="counterfactual L1 weight (default 100)")
