@@ -255,7 +255,6 @@ def estimate_midline(stack: np.ndarray, max_fraction: float = 0.15) -> float:
 class Prepared:
     """A volume prepared for a model, with what is needed to map results back."""
     tensor: torch.Tensor              # (S, 1, H, W) float32 in [0, 1]
-    slice_indices: np.ndarray         # (S,) indices of the sampled slices along the input's slice axis
     input: Volume                     # the input volume (geometry reference; not modified)
     canonical: Volume                 # the input relabelled to LPS-axial (same voxels)
     canonical_indices: np.ndarray     # (S,) sampled canonical k indices (with slabs: each slab's middle)
@@ -279,6 +278,16 @@ class Prepared:
         """The input numpy axis along which slices were sampled (0 for an axial scan)."""
         return int(self.perm[0])
 
+    def _input_index(self, ks) -> np.ndarray:
+        """Canonical k indices as indices along the input's slice axis (undoing the slice flip)."""
+        ks = np.asarray(ks, dtype=np.int64)
+        return self.input.array.shape[self.slice_axis] - 1 - ks if self.flip[0] else ks
+
+    @property
+    def slice_indices(self) -> np.ndarray:
+        """(S,) input slice indices of the sampled slices (with slabs: each slab's middle slice)."""
+        return self._input_index(self.canonical_indices)
+
     def canonical_members(self) -> list:
         """For each model slice, the canonical k indices it was made from (one, or its slab's)."""
         if self.slabs is None:
@@ -287,8 +296,7 @@ class Prepared:
 
     def members(self) -> list:
         """For each model slice, the input slice indices (along :attr:`slice_axis`) it was made from."""
-        n = self.input.array.shape[self.slice_axis]
-        return [n - 1 - ks if self.flip[0] else ks for ks in self.canonical_members()]
+        return [self._input_index(ks) for ks in self.canonical_members()]
 
     def slices_seen(self) -> np.ndarray:
         """Sorted unique indices of the input slices (along :attr:`slice_axis`) the model saw."""
@@ -406,9 +414,8 @@ def prepare(volume: Volume, spec: dict, offset: float = 0.0, brain=None) -> Prep
         shift = int(round((W - 1) / 2.0 - column))
         stack = _shift_columns(stack, shift)
         midline.update(column=column, shift_px=shift)
-    slice_indices = ks if not flip[0] else (volume.array.shape[perm[0]] - 1 - ks)
     tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
-    return Prepared(tensor=tensor, slice_indices=np.asarray(slice_indices, dtype=np.int64), input=volume,
+    return Prepared(tensor=tensor, input=volume,
                     canonical=canonical, canonical_indices=ks, perm=perm, flip=flip, spec=spec,
                     offset=float(offset), midline=midline, warnings=notes, box=box, brain=brain, slabs=slabs)
 
