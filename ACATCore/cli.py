@@ -28,6 +28,7 @@ import threading
 import warnings
 from pathlib import Path
 
+from .analysis_maps import SHOWN_SMOOTHING, check_smoothing
 from .counterfactual_options import FAST_SEARCH, FAST_STEPS, PAPER_SEARCH, PAPER_STEPS
 from .errors import ACATError, ConfigError, InputError, ModelFileError
 from .file_checks import DICOM_SUFFIXES, FILE_SUFFIXES, display_path
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--solver", choices=("fista", "gd"), default="fista",
                    help=f"counterfactual search: fista (momentum, adaptive steps, default: in {FAST_STEPS} steps "
                    f"the value of the paper's {PAPER_STEPS}) or gd (the paper's plain gradient descent)")
+    a.add_argument("--smoothing", type=float, default=SHOWN_SMOOTHING, metavar="PX",
+                   help=f"in-plane Gaussian sigma, model-grid pixels, of the saliency map written and searched "
+                   f"for its peak (default {SHOWN_SMOOTHING:g}; 0: the paper's unsmoothed map)")
     a.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     a.add_argument("--batch", action="store_true", help="treat INPUT as a batch even if it looks like one case")
     a.add_argument("--no-report", action="store_true", help="skip the PNG/HTML report")
@@ -252,7 +256,7 @@ def _analyze(args) -> int:
         load_matplotlib()                         # the report extra missing: say so before the analysis
     options = dict(model=args.model, coverage=args.coverage, steps=args.steps, alpha=args.alpha,
                    device=args.device, early_stop=args.early_stop, out_format=args.format,
-                   report=not args.no_report, overwrite=args.overwrite,
+                   report=not args.no_report, overwrite=args.overwrite, smoothing=check_smoothing(args.smoothing),
                    counterfactual_options=FAST_SEARCH if args.solver == "fista" else PAPER_SEARCH)
     if cases is None:
         return _analyze_one(source, out, args, options)

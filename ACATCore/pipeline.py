@@ -59,6 +59,8 @@ import numpy as np
 import torch
 
 # analyze's search defaults; the presets (PAPER_SEARCH / PAPER_STEPS, FAST_SEARCH / FAST_STEPS) live there too
+from .analysis_maps import (SHOWN_SMOOTHING, acat_map_options, acat_saliency, check_smoothing,  # noqa: F401
+                            counterfactual_saliency, shown_saliency)
 from .counterfactual_options import DEFAULT_EARLY_STOP, DEFAULT_SEARCH, DEFAULT_STEPS
 from .errors import ACATError, ConfigError, InputError, ModelFileError
 from .preprocessing import SliceMerger
@@ -268,7 +270,7 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
             cancel: Optional[threading.Event] = None, out=None, out_format: str = "nrrd",
             overwrite: bool = False, report: bool = True, early_stop: Optional[float] = DEFAULT_EARLY_STOP,
             pixel_budget: int = DEFAULT_PIXEL_BUDGET, counterfactual_options: Optional[dict] = None,
-            channels_last: bool = True) -> AnalysisResult:
+            channels_last: bool = True, smoothing: float = SHOWN_SMOOTHING) -> AnalysisResult:
     """Analyse one CT volume with an ACAT model bundle.
 
     Parameters
@@ -287,9 +289,12 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
         over ``DEFAULT_SEARCH`` (e.g. ``counterfactual_options.PAPER_SEARCH`` with ``steps=PAPER_STEPS``,
         ``{"precision": "bf16"}``, ``{"decode_chunk": 4}``); checked before any work.
     channels_last: on the CPU, run the nets in channels-last memory format (faster, same maps).
+    smoothing: in-plane Gaussian sigma (model-grid pixels) of the saliency shown and searched for its peak
+        (``analysis_maps.shown_saliency``; 0: the paper's unsmoothed map). ACAT always reads its own map.
     """
     _check_options(steps, alpha, coverage)
     _check_search(counterfactual_options, steps, alpha)
+    smoothing = check_smoothing(smoothing)
     prog = _Progress(progress, cancel, with_write=out is not None)
     if out is not None:
         from .outputs import check_output_folder, check_output_overlap
@@ -312,7 +317,8 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
     merger = SliceMerger(volume, prepared)
     base_probs, acat_probs, cf_names = _analyse_samplings(
         bundle, card, prepared, merger, prog, pixel_budget,
-        dict(steps=steps, alpha=alpha, early_stop=early_stop, options=counterfactual_options or {}))
+        dict(steps=steps, alpha=alpha, early_stop=early_stop, options=counterfactual_options or {},
+             smoothing=smoothing))
     probabilities = np.concatenate(acat_probs).mean(axis=0)
     baseline = np.concatenate(base_probs).mean(axis=0)
     prog.stage("map back")
@@ -331,7 +337,7 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
         peak_index=peak_index, peak_lps=peak_lps, peak_territory=territory, model_card=card,
         timings=prog.timings, warnings=warnings,
         settings={"coverage": coverage, "offsets": [float(o) for o in offsets], "steps": int(steps),
-                  "alpha": float(alpha), "early_stop": early_stop, "device": str(dev),
+                  "alpha": float(alpha), "early_stop": early_stop, "device": str(dev), "smoothing": smoothing,
                   "search": {**DEFAULT_SEARCH, **(counterfactual_options or {})},
                   "input_path": input_path, "counterfactual_classes": cf_names})
 
@@ -348,7 +354,7 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
 def _analyse_samplings(bundle, card, prepared, merger, prog, pixel_budget, search) -> tuple:
     """Classify, search the counterfactuals and attend, chunk by chunk of samplings; every map goes
     into ``merger``. Returns (baseline probabilities, ACAT probabilities: lists of (B, K), class names
-    of the counterfactuals). ``search``: steps, alpha, early_stop, options."""
+    of the counterfactuals). ``search``: steps, alpha, early_stop, options, smoothing (of the shown map)."""
     dev = next(bundle.classifier.parameters()).device
     n_vol = len(prepared)
     s, _, h, w = prepared[0].tensor.shape
@@ -377,7 +383,7 @@ def _analyse_samplings(bundle, card, prepared, merger, prog, pixel_budget, searc
         acat_probs.append(probs)
 
         prog.stage("map back")
-        sal_np = sal[:, :, 0].float().cpu().numpy()                              # (B, S, H, W)
+        sal_np = shown_saliency(sal, search["smoothing"])[:, :, 0].float().cpu().numpy()   # (B, S, H, W)
         delta_np = (cf_images - recon[:, None])[:, :, :, 0].float().cpu().numpy() * (hi - lo)
         del x, sal, cf_images, recon
         for b, i in enumerate(idx):
@@ -551,43 +557,3 @@ class _Watched(torch.nn.Module):
         self.on_call()
         fn = getattr(self.classifier, "counterfactual_logits", None)
         return fn(x) if fn is not None else self.classifier(x)
-
-
-def acat_map_options(card: dict) -> dict:
-    """The ``target`` / ``scale`` of the maps ACAT was trained with (its card's data.training.saliency
-    options); empty for the paper's class-agnostic, per-volume normalised map."""
-    spec = ((card.get("data") or {}).get("training") or {}).get("saliency") or {}
-    opts = spec.get("options") or {}
-    return {k: opts[k] for k in ("target", "scale") if opts.get(k) is not None}
-
-
-def acat_saliency(card: dict, cf, ref, sal):
-    """The map ACAT reads, made as its training maps were: the class-agnostic ``sal`` (the paper), or,
-    with a ``scale`` in :func:`acat_map_options`, the raw |ref - cf_t| of its ``target`` (else the mean
-    over targets) at that fixed scale, as ``compute_saliency(..., target=, scale=)`` makes it.
-    ``cf``: (B, T, S, 1, H, W)."""
-    from .saliency._common import fixed_scale
-    opts = acat_map_options(card)
-    if "scale" not in opts:
-        return sal
-    diff = (cf - ref[:, None]).abs()
-    t = opts.get("target")
-    if t is not None and not 0 <= int(t) < diff.shape[1]:
-        raise ModelFileError(f"the ACAT card's saliency target {t} is not one of the {diff.shape[1]} classes")
-    return fixed_scale(diff.mean(1) if t is None else diff[:, int(t)], opts["scale"])
-
-
-def counterfactual_saliency(cf, ref):
-    """Paper Sec. 3.2: mean over targets of |ref - cf_t|, each map normalised to [0, 1] by its own
-    max per volume, then the mean normalised per volume (as ``ACATCore.saliency.postprocess``).
-    ``cf``: (B, T, S, 1, H, W); ``ref``: (B, S, 1, H, W) -> (B, S, 1, H, W)."""
-    diff = (cf - ref[:, None]).abs().float()
-    sal = _normalise(diff.flatten(0, 1)).reshape(diff.shape).mean(dim=1)
-    return _normalise(sal)
-
-
-def _normalise(m):
-    """Each item of dim 0 scaled to [0, 1] by its max; all-zero stays zero."""
-    m = torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0)
-    mx = m.reshape(m.shape[0], -1).amax(1).reshape(-1, *([1] * (m.dim() - 1)))
-    return torch.where(mx > 0, m / mx.clamp_min(1e-30), torch.zeros_like(m))

@@ -153,7 +153,8 @@ def result_to_json(result: AnalysisResult, files: dict | None = None) -> dict:
         "slices_seen": [int(k) for k in result.slices_seen],
         "slice_weights": _floats(result.slice_weights),
         "peak": peak,
-        "settings": {k: settings.get(k) for k in ("steps", "alpha", "early_stop", "device", "offsets", "search")},
+        "settings": {k: settings.get(k) for k in ("steps", "alpha", "early_stop", "device", "offsets", "search",
+                                                  "smoothing")},
         "files": dict(files or {}),
         "timings_s": {k: float(v) for k, v in (result.timings or {}).items()},
         "warnings": [str(w) for w in result.warnings],
@@ -417,7 +418,8 @@ spacing {", ".join(f"{s:.3g}" for s in result.input.spacing)} mm.<br>
 Model: {e(str(card.get("model_name")))} ({e(str(card.get("task")))}), weights sha256 {e(str(card.get("sha256", ""))[:16])}&hellip;<br>
 Coverage: {e(str(settings.get("coverage")))}; the model saw {len(result.slices_seen)} of {len(result.slice_weights)} slices.
 Counterfactual search: {e(str((settings.get("search") or {}).get("optimizer", "")))} {e(str(settings.get("steps")))} steps,
-alpha {e(str(settings.get("alpha")))}, early stop {e(str(settings.get("early_stop")))}.</p>
+alpha {e(str(settings.get("alpha")))}, early stop {e(str(settings.get("early_stop")))};
+saliency shown smoothed in-plane by {e(str(settings.get("smoothing")))} model-grid pixels.</p>
 <h2>Prediction: {e(result.predicted_class)} ({result.probabilities[result.predicted_index]:.1%})</h2>
 <table><tr><th>class</th><th>ACAT</th><th>baseline</th></tr>{''.join(rows)}</table>
 <p>Saliency peak: {peak}</p>

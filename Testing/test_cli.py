@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ACATCore.analysis_maps import SHOWN_SMOOTHING
 from ACATCore.cli import main
 from ACATCore.io import read_volume, write_dicom_series, write_volume
 from ACATCore.report import validate_json
@@ -208,6 +209,8 @@ def test_bad_model_and_options_exit_2(bundle, tmp_path, capsys):
         (["--model", "no_such_model"], "no_such_model"),
         (["--model", bundle, "--steps", "-3"], "steps"),
         (["--model", bundle, "--device", "cuda:7"], "device"),
+        (["--model", bundle, "--smoothing", "-1"], "smoothing"),
+        (["--model", bundle, "--smoothing", "nan"], "smoothing"),
     ]:
         out = tmp_path / "out"
         code, _, err = run(["analyze", ct, "--out", out, *FAST, *argv], capsys)
@@ -278,7 +281,7 @@ def test_search_defaults_fista_7_steps_and_gd_is_the_papers_20(bundle, tmp_path,
         assert code == 0, err
         settings = json.loads((out / "result.json").read_text())["settings"]
         assert settings["search"]["optimizer"] == optimizer and settings["steps"] == steps
-        assert settings["early_stop"] is None
+        assert settings["early_stop"] is None and settings["smoothing"] == SHOWN_SMOOTHING
 
 
 def test_early_stop_option_parses_probabilities_and_none(capsys):

@@ -332,3 +332,35 @@ def test_decoder_chunks_bound_the_brain_and_change_nothing(lung_bundle, chest):
     parts = _counterfactual_saliency(bundle, x, 3, 100.0, None, {"decode_chunk": 2}, *noop)
     for a, b in zip(whole, parts):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_smoothing_moves_the_peak_from_a_lone_pixel_to_the_lesion():
+    """The shown map's peak: a lone bright pixel (decoder noise) beats a broad region of slightly lower
+    values in the raw map, not once smoothed; 0 leaves the map as it is."""
+    from ACATCore.analysis_maps import shown_saliency
+    sal = torch.zeros(1, 3, 1, 40, 40)
+    sal[0, 1, 0, 20:30, 20:30] = 0.8                      # the lesion: a 10 x 10 region
+    sal[0, 1, 0, 5, 5] = 1.0                              # one pixel of noise
+    assert shown_saliency(sal, 0.0) is sal
+    shown = shown_saliency(sal, 2.0)
+    _, s, _, y, x = np.unravel_index(int(shown.argmax()), shown.shape)
+    assert s == 1 and 20 <= y < 30 and 20 <= x < 30
+    assert float(shown.max()) == pytest.approx(1.0)
+    assert float(shown[0, 0].abs().max()) == 0.0 and float(shown[0, 2].abs().max()) == 0.0   # slices not mixed
+
+
+def test_the_shown_map_is_smoothed_and_acat_reads_its_own(lung_bundle, chest):
+    raw = analyze(chest, model=lung_bundle, coverage="sampled", steps=2, smoothing=0)
+    shown = analyze(chest, model=lung_bundle, coverage="sampled", steps=2)
+    assert raw.settings["smoothing"] == 0 and shown.settings["smoothing"] > 0
+    np.testing.assert_allclose(shown.probabilities, raw.probabilities, atol=1e-6)   # ACAT's input unchanged
+    a, b = raw.saliency.array, shown.saliency.array
+    seen = raw.slices_seen
+    assert float(b.max()) == pytest.approx(1.0) and not np.allclose(a, b)
+
+    def roughness(m):                                    # mean in-plane gradient over the seen slices
+        return float(np.abs(np.diff(m[seen], axis=-1)).mean() + np.abs(np.diff(m[seen], axis=-2)).mean())
+    assert roughness(b) < roughness(a)
+    for bad in (-1, float("nan"), True, "2", 100):
+        with pytest.raises(ConfigError, match="smoothing"):
+            analyze(chest, model=lung_bundle, coverage="sampled", steps=1, smoothing=bad)

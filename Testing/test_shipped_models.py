@@ -96,7 +96,8 @@ def test_shipped_brain_acat_through_analyze_on_unseen_heads():
     the lesion's vascular territory, read on the head's own territory map as the paper reads a registered
     atlas). Measured on these heads with analyze's default search (FISTA, 7 steps) and the 960-head
     thick-slab bundle of 2026-12-03: ACAT 11/12 (baseline 11/12; on bench_brain's 24 heads of seed 9001
-    ACAT 95.8%, baseline 91.7%), hit 7/9; chance is 3/12 and about 1/6.
+    ACAT 95.8%, baseline 91.7%), hit 8/9 with the shown map smoothed (analyze's default since 2026-12-03;
+    unsmoothed 7/9); chance is 3/12 and about 1/6.
     ``python bench/bench_brain.py --seed 1234 --n 12 --rows demo`` prints them."""
     from ACATCore.data.territories import TERRITORIES
     from ACATCore.pipeline import analyze
@@ -112,7 +113,7 @@ def test_shipped_brain_acat_through_analyze_on_unseen_heads():
             territory = case["regions"][k, j, i]
             hits.append(territory > 0 and TERRITORIES[territory - 1] in {les["territory"] for les in case["lesions"]})
     assert correct >= 9, correct                    # measured 11 of 12, chance 3
-    assert np.mean(hits) >= 0.55, hits              # measured 7 of 9: two misses more still pass
+    assert sum(hits) >= 6, hits                     # measured 8 of 9: two misses more still pass
 
 
 def test_acat_analyze_finds_the_sample_heads_left_lesion(tmp_path):

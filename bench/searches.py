@@ -7,6 +7,8 @@
               until 2026-12-02)
   fista-early FISTA with adaptive steps, 7 steps at most, early stop at 0.9 (the brain bundle's training
               maps: made with early stop 0.9, which FISTA-7 reproduces at Pearson 0.996)
+  unsmoothed  analyze's own search, the shown map not smoothed (``smoothing=0``: the paper's map and its
+              peak; analyze's default until 2026-12-03)
 """
 from ACATCore.counterfactual_options import FAST_SEARCH, FAST_STEPS, PAPER_SEARCH, PAPER_STEPS
 
@@ -15,4 +17,5 @@ SEARCHES = {
     "paper": {"counterfactual_options": PAPER_SEARCH, "steps": PAPER_STEPS, "early_stop": None},
     "early": {"counterfactual_options": PAPER_SEARCH, "steps": PAPER_STEPS, "early_stop": 0.9},
     "fista-early": {"counterfactual_options": FAST_SEARCH, "steps": FAST_STEPS, "early_stop": 0.9},
+    "unsmoothed": {"smoothing": 0},
 }

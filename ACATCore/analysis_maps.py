@@ -1,0 +1,78 @@
+"""The saliency maps ``analyze`` makes from one batched counterfactual search, each for its reader.
+
+- :func:`counterfactual_saliency`: the class-agnostic map of Sec. 3.2 (per target |D(E(x)) - D(z')|,
+  each normalised by its own max, averaged).
+- :func:`acat_saliency`: the map ACAT reads, made exactly as the maps it was trained with (its card says
+  which), so the shipped network sees what it learnt from.
+- :func:`shown_saliency`: the map a reader sees and whose peak is reported: the class-agnostic map
+  smoothed in-plane by ``SHOWN_SMOOTHING`` model-grid pixels (0: the paper's map unchanged). A lone bright
+  pixel of decoder noise no longer takes the peak away from the lesion; docs/RESULTS.md ("Smoothing the
+  shown map") has the measurements behind the default.
+"""
+from __future__ import annotations
+
+import math
+
+from .errors import ConfigError, ModelFileError
+
+SHOWN_SMOOTHING = 2.0      # Gaussian sigma, model-grid pixels, in-plane (slices are not mixed)
+MAX_SMOOTHING = 20.0
+
+
+def check_smoothing(sigma) -> float:
+    """``sigma`` as a float in [0, MAX_SMOOTHING] model-grid pixels, else a ConfigError."""
+    ok = isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and math.isfinite(sigma)
+    if not ok or not 0 <= sigma <= MAX_SMOOTHING:
+        raise ConfigError(f"saliency smoothing must be a number of model-grid pixels in 0..{MAX_SMOOTHING:g} "
+                          f"(0: the paper's unsmoothed map), not {sigma!r}")
+    return float(sigma)
+
+
+def shown_saliency(sal: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The class-agnostic ``sal`` (B, S, 1, H, W) smoothed in-plane by ``sigma`` pixels, max 1 per
+    volume; ``sal`` itself when sigma is 0."""
+    if not sigma:
+        return sal
+    from .saliency._common import gaussian_smooth
+    return _normalise(gaussian_smooth(sal.float(), float(sigma)))
+
+
+def acat_map_options(card: dict) -> dict:
+    """The ``target`` / ``scale`` of the maps ACAT was trained with (its card's data.training.saliency
+    options); empty for the paper's class-agnostic, per-volume normalised map."""
+    spec = ((card.get("data") or {}).get("training") or {}).get("saliency") or {}
+    opts = spec.get("options") or {}
+    return {k: opts[k] for k in ("target", "scale") if opts.get(k) is not None}
+
+
+def acat_saliency(card: dict, cf, ref, sal):
+    """The map ACAT reads, made as its training maps were: the class-agnostic ``sal`` (the paper), or,
+    with a ``scale`` in :func:`acat_map_options`, the raw |ref - cf_t| of its ``target`` (else the mean
+    over targets) at that fixed scale, as ``compute_saliency(..., target=, scale=)`` makes it.
+    ``cf``: (B, T, S, 1, H, W)."""
+    from .saliency._common import fixed_scale
+    opts = acat_map_options(card)
+    if "scale" not in opts:
+        return sal
+    diff = (cf - ref[:, None]).abs()
+    t = opts.get("target")
+    if t is not None and not 0 <= int(t) < diff.shape[1]:
+        raise ModelFileError(f"the ACAT card's saliency target {t} is not one of the {diff.shape[1]} classes")
+    return fixed_scale(diff.mean(1) if t is None else diff[:, int(t)], opts["scale"])
+
+
+def counterfactual_saliency(cf, ref):
+    """Paper Sec. 3.2: mean over targets of |ref - cf_t|, each map normalised to [0, 1] by its own
+    max per volume, then the mean normalised per volume (as ``ACATCore.saliency.postprocess``).
+    ``cf``: (B, T, S, 1, H, W); ``ref``: (B, S, 1, H, W) -> (B, S, 1, H, W)."""
+    diff = (cf - ref[:, None]).abs().float()
+    sal = _normalise(diff.flatten(0, 1)).reshape(diff.shape).mean(dim=1)
+    return _normalise(sal)
+
+
+def _normalise(m):
+    """Each item of dim 0 scaled to [0, 1] by its max; all-zero stays zero."""
+    import torch                   # here, so that the command line's option check stays light
+    m = torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0)
+    mx = m.reshape(m.shape[0], -1).amax(1).reshape(-1, *([1] * (m.dim() - 1)))
+    return torch.where(mx > 0, m / mx.clamp_min(1e-30), torch.zeros_like(m))
