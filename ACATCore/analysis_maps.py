@@ -42,23 +42,26 @@ def acat_map_options(card: dict) -> dict:
     options); empty for the paper's class-agnostic, per-volume normalised map."""
     spec = ((card.get("data") or {}).get("training") or {}).get("saliency") or {}
     opts = spec.get("options") or {}
-    return {k: opts[k] for k in ("target", "scale") if opts.get(k) is not None}
+    return {k: opts[k] for k in ("target", "scale", "smooth_sigma") if opts.get(k) is not None}
 
 
 def acat_saliency(card: dict, cf, ref, sal):
     """The map ACAT reads, made as its training maps were: the class-agnostic ``sal`` (the paper), or,
     with a ``scale`` in :func:`acat_map_options`, the raw |ref - cf_t| of its ``target`` (else the mean
-    over targets) at that fixed scale, as ``compute_saliency(..., target=, scale=)`` makes it.
+    over targets) at that fixed scale, as ``compute_saliency(..., target=, scale=)`` makes it; either
+    smoothed in-plane when the card gives a ``smooth_sigma`` (``compute_saliency(..., smooth_sigma=)``).
     ``cf``: (B, T, S, 1, H, W)."""
-    from .saliency._common import fixed_scale
+    from .saliency._common import fixed_scale, gaussian_smooth
     opts = acat_map_options(card)
+    sigma = check_smoothing(opts.get("smooth_sigma", 0.0))
     if "scale" not in opts:
-        return sal
+        return shown_saliency(sal, sigma)
     diff = (cf - ref[:, None]).abs()
     t = opts.get("target")
     if t is not None and not 0 <= int(t) < diff.shape[1]:
         raise ModelFileError(f"the ACAT card's saliency target {t} is not one of the {diff.shape[1]} classes")
-    return fixed_scale(diff.mean(1) if t is None else diff[:, int(t)], opts["scale"])
+    m = fixed_scale(diff.mean(1) if t is None else diff[:, int(t)], opts["scale"])
+    return gaussian_smooth(m, sigma) if sigma else m
 
 
 def counterfactual_saliency(cf, ref):

@@ -143,6 +143,10 @@ def test_acat_reads_the_map_its_card_names(lung_bundle, chest):
     card["data"]["training"]["saliency"]["options"]["target"] = 5
     with pytest.raises(ModelFileError, match="target 5"):
         acat_saliency(card, cf, recon, sal)
+    smoothed = {"data": {"training": {"saliency": {"options": {"smooth_sigma": 2.0}}}}}
+    theirs = compute_saliency("counterfactual", bundle.classifier, x, bundle.autoencoder, smooth_sigma=2.0,
+                              steps=3, alpha=100.0, **DEFAULT_SEARCH)
+    assert torch.allclose(acat_saliency(smoothed, cf, recon, sal), theirs, atol=1e-4)   # trained smoothed: fed smoothed
 
 
 def test_reoriented_input_gives_the_same_analysis(lung_bundle, chest):
