@@ -33,7 +33,7 @@ def shown_saliency(sal: torch.Tensor, sigma: float) -> torch.Tensor:
     volume; ``sal`` itself when sigma is 0."""
     if not sigma:
         return sal
-    from .saliency._common import gaussian_smooth
+    from .filters import gaussian_smooth
     return _normalise(gaussian_smooth(sal.float(), float(sigma)))
 
 
@@ -51,7 +51,7 @@ def acat_saliency(card: dict, cf, ref, sal):
     over targets) at that fixed scale, as ``compute_saliency(..., target=, scale=)`` makes it; either
     smoothed in-plane when the card gives a ``smooth_sigma`` (``compute_saliency(..., smooth_sigma=)``).
     ``cf``: (B, T, S, 1, H, W)."""
-    from .saliency._common import fixed_scale, gaussian_smooth
+    from .filters import gaussian_smooth
     opts = acat_map_options(card)
     sigma = check_smoothing(opts.get("smooth_sigma", 0.0))
     if "scale" not in opts:
@@ -60,6 +60,7 @@ def acat_saliency(card: dict, cf, ref, sal):
     t = opts.get("target")
     if t is not None and not 0 <= int(t) < diff.shape[1]:
         raise ModelFileError(f"the ACAT card's saliency target {t} is not one of the {diff.shape[1]} classes")
+    from .saliency._common import fixed_scale
     m = fixed_scale(diff.mean(1) if t is None else diff[:, int(t)], opts["scale"])
     return gaussian_smooth(m, sigma) if sigma else m
 

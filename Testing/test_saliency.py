@@ -4,7 +4,8 @@ import torch
 
 from ACATCore.errors import ConfigError
 from ACATCore.saliency import METHODS, compute_saliency, lambda_search
-from ACATCore.saliency._common import gaussian_smooth, normalise
+from ACATCore.filters import gaussian_smooth
+from ACATCore.saliency._common import normalise
 from ACATCore.saliency.latent import latent_shift
 
 from toy import ToyBrainClassifier, ToySaliencyAided, one_torch_thread, trained_toy  # noqa: F401 (fixture)

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ACATCore import metrics                                   # noqa: E402
-from ACATCore.saliency import gaussian_smooth                  # noqa: E402
+from ACATCore.filters import gaussian_smooth                   # noqa: E402
 from training.config import load_config                        # noqa: E402
 from training.data import attach_saliency, load_splits, run_dir  # noqa: E402
 from training.evaluate import _saliency_map, _saliency_models, lesion_region  # noqa: E402

@@ -31,8 +31,9 @@ import torch
 
 from ..counterfactual import frozen_eval
 from ..errors import ConfigError
+from ..filters import gaussian_smooth
 from . import cam, gradients, latent
-from ._common import (check_input, check_scale, fixed_scale, gaussian_smooth, normalise, percentile_threshold,
+from ._common import (check_input, check_scale, fixed_scale, normalise, percentile_threshold,
                       plain_classifier, score_fn)
 from .latent import LambdaSearch, lambda_search
 

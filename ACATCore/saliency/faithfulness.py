@@ -28,7 +28,7 @@ import torch
 from scipy import stats
 
 from ..errors import ConfigError, InputError
-from ._common import gaussian_smooth
+from ..filters import gaussian_smooth
 
 __all__ = ["removal_order", "perturbation_masks", "perturbed_batch", "curve_auc", "deletion_insertion",
            "blurred_reference", "spearman", "randomised_copy"]

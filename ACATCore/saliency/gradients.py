@@ -8,7 +8,8 @@ import torch
 from captum.attr import IntegratedGradients, Saliency
 
 from ..errors import ConfigError
-from ._common import gaussian_smooth, resolve_targets
+from ..filters import gaussian_smooth
+from ._common import resolve_targets
 
 
 def gradient(fn, x, target=None):
