@@ -59,8 +59,8 @@ import numpy as np
 import torch
 
 # analyze's search defaults; the presets (PAPER_SEARCH / PAPER_STEPS, FAST_SEARCH / FAST_STEPS) live there too
-from .analysis_maps import (SHOWN_SMOOTHING, acat_map_options, acat_saliency, check_smoothing,  # noqa: F401
-                            counterfactual_saliency, shown_saliency)
+from .analysis_maps import (SHOWN_SMOOTHING, acat_saliency, check_smoothing, counterfactual_saliency,
+                            shown_saliency)
 from .counterfactual_options import DEFAULT_EARLY_STOP, DEFAULT_SEARCH, DEFAULT_STEPS
 from .errors import ACATError, ConfigError, InputError, ModelFileError
 from .preprocessing import SliceMerger
@@ -295,19 +295,14 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
     _check_options(steps, alpha, coverage)
     _check_search(counterfactual_options, steps, alpha)
     smoothing = check_smoothing(smoothing)
+    _check_output(volume_or_path, out, overwrite)
     prog = _Progress(progress, cancel, with_write=out is not None)
-    if out is not None:
-        from .outputs import check_output_folder, check_output_overlap
-        check_output_folder(out, overwrite)    # fail before the work, not after
-        if isinstance(volume_or_path, (str, os.PathLike)):
-            check_output_overlap(out, [volume_or_path])     # never write over (or around) the input
 
     prog.stage("read")
     volume = read_input(volume_or_path)
     bundle = load_models(model, device, channels_last)
     card = bundle_card(bundle)
     spec = _preprocessing_spec(card)
-    dev = next(bundle.classifier.parameters()).device
     input_path = str(volume_or_path) if isinstance(volume_or_path, (str, os.PathLike)) else None
 
     prog.stage("preprocess")
@@ -319,25 +314,24 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
         bundle, card, prepared, merger, prog, pixel_budget,
         dict(steps=steps, alpha=alpha, early_stop=early_stop, options=counterfactual_options or {},
              smoothing=smoothing))
-    probabilities = np.concatenate(acat_probs).mean(axis=0)
-    baseline = np.concatenate(base_probs).mean(axis=0)
     prog.stage("map back")
     if brain is not None:           # maps and the peak only where the brain is
         from .preprocessing import from_canonical
         merger.restrict_to(from_canonical(brain.mask, prepared[0].perm, prepared[0].flip))
     saliency, attention, counterfactuals = _merged_maps(merger, volume, cf_names)
-    slice_weights = merger.slice_values_of("slice weights")
-    slices_seen = np.array(sorted(seen), dtype=int)
     peak_index, peak_lps, territory = _saliency_peak(volume, saliency, card, brain, warnings)
 
     result = AnalysisResult(
-        input=volume, class_names=list(card.get("class_names", [])), probabilities=probabilities,
-        saliency=saliency, attention=attention, counterfactuals=counterfactuals,
-        slice_weights=slice_weights, slices_seen=slices_seen, baseline_probabilities=baseline,
+        input=volume, class_names=list(card.get("class_names", [])), saliency=saliency,
+        probabilities=np.concatenate(acat_probs).mean(axis=0),
+        baseline_probabilities=np.concatenate(base_probs).mean(axis=0),
+        attention=attention, counterfactuals=counterfactuals, slices_seen=np.array(sorted(seen), dtype=int),
+        slice_weights=merger.slice_values_of("slice weights"),
         peak_index=peak_index, peak_lps=peak_lps, peak_territory=territory, model_card=card,
         timings=prog.timings, warnings=warnings,
         settings={"coverage": coverage, "offsets": [float(o) for o in offsets], "steps": int(steps),
-                  "alpha": float(alpha), "early_stop": early_stop, "device": str(dev), "smoothing": smoothing,
+                  "alpha": float(alpha), "early_stop": early_stop, "smoothing": smoothing,
+                  "device": str(next(bundle.classifier.parameters()).device),
                   "search": {**DEFAULT_SEARCH, **(counterfactual_options or {})},
                   "input_path": input_path, "counterfactual_classes": cf_names})
 
@@ -405,6 +399,17 @@ def _check_options(steps, alpha, coverage) -> None:
         raise ConfigError(f"alpha must be >= 0, not {alpha!r}")
     if coverage not in COVERAGES:
         raise ConfigError(f"coverage must be one of {', '.join(COVERAGES)}, not {coverage!r}")
+
+
+def _check_output(volume_or_path, out, overwrite) -> None:
+    """An output folder that may not be written, or that would write over (or around) the input, fails
+    here, before the work rather than after it."""
+    if out is None:
+        return
+    from .outputs import check_output_folder, check_output_overlap
+    check_output_folder(out, overwrite)
+    if isinstance(volume_or_path, (str, os.PathLike)):
+        check_output_overlap(out, [volume_or_path])
 
 
 def _check_search(options, steps, alpha) -> None:

@@ -25,7 +25,8 @@ import torch
 from ACATCore.brain_extraction import extract_brain
 from ACATCore.counterfactual_options import DEFAULT_SEARCH, DEFAULT_STEPS
 from ACATCore.data import synth
-from ACATCore.pipeline import acat_map_options, load_models
+from ACATCore.analysis_maps import acat_map_options
+from ACATCore.pipeline import load_models
 from ACATCore.preprocessing import prepare, to_canonical
 from ACATCore.saliency import compute_saliency
 from ACATCore.volume import Volume
