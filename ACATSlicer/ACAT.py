@@ -42,7 +42,7 @@ _ensureImportPaths()
 import ACATLib  # noqa: E402  (MRML only: no torch, no Qt)
 from ACATLib import analysis, dependencies, display  # noqa: E402
 from ACATLib.outputs import outputs_from_flags  # noqa: E402
-from ACATLib.engine import DEFAULT_STEPS  # noqa: E402  (the engine's default search steps; no torch)
+from ACATLib.engine import DEFAULT_STEPS, MAX_SMOOTHING, SHOWN_SMOOTHING  # noqa: E402  (the engine's defaults; no torch)
 
 SAMPLE_NAME = "ACATHeadCT"
 SAMPLE_FILE = "ACATSampleHeadCT.nrrd"
@@ -137,6 +137,7 @@ class ACATParameterNode:
     counterfactualSteps: Annotated[int, WithinRange(1, 500)] = DEFAULT_STEPS
     alpha: Annotated[float, WithinRange(0.0, 10000.0)] = 100.0
     coverage: Annotated[str, Choice(["full", "sampled"])] = "full"
+    smoothing: Annotated[float, WithinRange(0.0, MAX_SMOOTHING)] = SHOWN_SMOOTHING
     # outputs to load (each full-size map costs memory: see ACATLib.outputs)
     loadSaliency: bool = True
     loadFusedAttention: bool = True
@@ -292,7 +293,8 @@ class ACATWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             self._job = self.logic.processInBackground(
                 p.inputVolume, model=analysis.model_spec(p.model, p.modelFile), device=p.device,
-                steps=p.counterfactualSteps, alpha=p.alpha, coverage=p.coverage, outputs=_outputs(p))
+                steps=p.counterfactualSteps, alpha=p.alpha, coverage=p.coverage, smoothing=p.smoothing,
+                outputs=_outputs(p))
             self._setRunning(True, "Starting the analysis process...")
             self._timer.start()
 
@@ -451,14 +453,15 @@ class ACATLogic(ScriptedLoadableModuleLogic):
         dependencies.ensure(slicer, ask=askConfirmation)
 
     def process(self, inputVolumeNode, model="brain", device="auto", steps=DEFAULT_STEPS, alpha=100.0, coverage="full",
-                outputs=ACATLib.DEFAULT_OUTPUTS, thresholdPercentile=95.0, show=True, installDependencies=True,
-                onProgress=None):
+                smoothing=SHOWN_SMOOTHING, outputs=ACATLib.DEFAULT_OUTPUTS, thresholdPercentile=95.0, show=True,
+                installDependencies=True, onProgress=None):
         """Analyse ``inputVolumeNode`` here and now (blocks) and return the created nodes
         (``ACATLib.ResultNodes``). ``onProgress(fraction, stage)``."""
         if installDependencies:
             self.ensureDependencies(askConfirmation=True)
         nodes = analysis.process(slicer.mrmlScene, inputVolumeNode,
-                                 dict(model=model, device=device, steps=steps, alpha=alpha, coverage=coverage),
+                                 dict(model=model, device=device, steps=steps, alpha=alpha, coverage=coverage,
+                                      smoothing=smoothing),
                                  outputs=outputs, threshold_percentile=thresholdPercentile, report=onProgress)
         kinds = nodes.overlay_kinds()
         if show and kinds and slicer.app.layoutManager() is not None:
@@ -466,14 +469,15 @@ class ACATLogic(ScriptedLoadableModuleLogic):
         return nodes
 
     def processInBackground(self, inputVolumeNode, model="brain", device="auto", steps=DEFAULT_STEPS, alpha=100.0,
-                            coverage="full", outputs=ACATLib.DEFAULT_OUTPUTS):
+                            coverage="full", smoothing=SHOWN_SMOOTHING, outputs=ACATLib.DEFAULT_OUTPUTS):
         """Start the analysis in a separate PythonSlicer process and return the running
         ``ACATLib.runner.BackgroundAnalysis`` (poll, wait or cancel it; then ``createResultNodes``)."""
         python = analysis.find_python_slicer()
         if python is None:
             raise RuntimeError("PythonSlicer was not found next to Slicer; use ACATLogic.process() instead")
         return analysis.start_background(
-            inputVolumeNode, dict(model=model, device=device, steps=steps, alpha=alpha, coverage=coverage),
+            inputVolumeNode, dict(model=model, device=device, steps=steps, alpha=alpha, coverage=coverage,
+                                  smoothing=smoothing),
             outputs=outputs, python_executable=python, launcher=slicer.util.launchConsoleProcess)
 
     def createResultNodes(self, job, inputVolumeNode, thresholdPercentile=95.0):

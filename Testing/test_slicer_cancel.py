@@ -37,7 +37,7 @@ SLOW_ENGINE = '''
 import os, time
 
 def analyze(volume_or_path, model="brain", coverage="full", steps=20, alpha=100.0, device="auto",
-            progress=None):
+            smoothing=2.0, progress=None):
     with open(os.environ["ACAT_TEST_PIDS"], "a") as f:
         f.write(f"engine {os.getpid()}\\n")
     progress("counterfactuals", 0.3)

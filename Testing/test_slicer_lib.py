@@ -30,6 +30,7 @@ if not hasattr(slicer, "vtkMRMLScene"):  # pragma: no cover
 import vtk  # noqa: E402
 
 import ACATLib  # noqa: E402
+from ACATCore.analysis_maps import SHOWN_SMOOTHING  # noqa: E402
 from ACATCore.errors import InputError  # noqa: E402
 from ACATCore.result import ATTENTION_NAMES, AnalysisResult  # noqa: E402
 from ACATCore.volume import Volume  # noqa: E402
@@ -406,8 +407,9 @@ def test_engine_is_called_with_analyze_arguments(monkeypatch, tmp_path):
     calls = []
 
     def analyze(volume_or_path, model="brain", coverage="full", steps=20, alpha=100.0, device="auto",
-                progress=None):
-        calls.append(dict(model=model, coverage=coverage, steps=steps, alpha=alpha, device=device))
+                smoothing=2.0, progress=None):
+        calls.append(dict(model=model, coverage=coverage, steps=steps, alpha=alpha, device=device,
+                          smoothing=smoothing))
         progress("counterfactuals", 0.5)
         progress("done", 1.5)
         return "result"
@@ -416,12 +418,17 @@ def test_engine_is_called_with_analyze_arguments(monkeypatch, tmp_path):
     seen = []
     assert engine.run_engine("vol", {"model": "lung", "device": "cpu", "steps": "3", "alpha": 5},
                              report=lambda f, s: seen.append((f, s))) == "result"
-    assert calls == [dict(model="lung", coverage="full", steps=3, alpha=5.0, device="cpu")]
+    assert calls == [dict(model="lung", coverage="full", steps=3, alpha=5.0, device="cpu", smoothing=SHOWN_SMOOTHING)]
+    engine.run_engine("vol", {"model": "lung", "smoothing": 0}, report=lambda f, s: None)   # the paper's map
+    assert calls[-1]["smoothing"] == 0.0
     assert seen == [(0.5, engine.STAGE_LABELS["counterfactuals"]), (1.0, engine.STAGE_LABELS["done"])]
     with pytest.raises(ValueError, match="device"):
         engine.check_options({"device": "gpu"})
     with pytest.raises(ValueError, match="unknown ACAT option"):
         engine.check_options({"counterfactual_steps": 3})
+    for bad in (-1, 50, float("nan")):
+        with pytest.raises(ValueError, match="smoothing"):
+            engine.check_options({"smoothing": bad})
     monkeypatch.undo()
     import ACATCore
     assert engine.load_engine() is ACATCore.analyze
@@ -435,7 +442,7 @@ from ACATCore.errors import InputError
 from ACATCore.result import AnalysisResult
 
 def analyze(volume_or_path, model="brain", coverage="full", steps=20, alpha=100.0, device="auto",
-            progress=None, cancel=None):
+            smoothing=2.0, progress=None, cancel=None):
     v = volume_or_path
     if model == "bad":
         raise InputError("this is not a CT volume; load a CT")

@@ -63,6 +63,7 @@ def test_ui_parameter_bindings_name_real_parameters():
     unknown = {w: p for w, p in bound.items() if p not in fields}
     assert not unknown, f"widgets bound to unknown parameters: {unknown}"
     for needed in ("inputVolume", "model", "modelFile", "device", "counterfactualSteps", "alpha", "coverage",
+                   "smoothing",
                    "loadSaliency", "loadFusedAttention", "loadStageAttention", "loadDifferences",
                    "loadCounterfactuals"):
         assert needed in bound.values(), f"parameter {needed} has no widget"

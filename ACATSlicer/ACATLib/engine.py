@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 
+from ACATCore.analysis_maps import MAX_SMOOTHING, SHOWN_SMOOTHING, check_smoothing      # no torch
 from ACATCore.counterfactual_options import DEFAULT_STEPS      # no torch
 
 DEFAULT_ENGINE = "ACATCore:analyze"
@@ -33,8 +34,9 @@ def load_engine(spec: str = DEFAULT_ENGINE):
 
 def check_options(options: dict) -> dict:
     """The engine's keyword arguments from the module's options (model, device, steps, alpha,
-    coverage); an unknown option or a bad device is an error, not silently dropped."""
-    known = {"model", "device", "steps", "alpha", "coverage"}
+    coverage, smoothing); an unknown option, a bad device or a bad smoothing is an error, not silently
+    dropped."""
+    known = {"model", "device", "steps", "alpha", "coverage", "smoothing"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"unknown ACAT option(s): {', '.join(unknown)}")
@@ -43,7 +45,8 @@ def check_options(options: dict) -> dict:
         raise ValueError(f"device must be one of {', '.join(DEVICES)} or cuda:N, not {device!r}")
     return {"model": options.get("model", "brain"), "device": device,
             "steps": int(options.get("steps", DEFAULT_STEPS)), "alpha": float(options.get("alpha", 100.0)),
-            "coverage": options.get("coverage", "full")}
+            "coverage": options.get("coverage", "full"),
+            "smoothing": check_smoothing(float(options.get("smoothing", SHOWN_SMOOTHING)))}
 
 
 def run_engine(volume, options: dict, engine: str = DEFAULT_ENGINE, report=None):
