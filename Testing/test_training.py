@@ -5,6 +5,7 @@ tiny models, with one thread, so the whole file takes well under two minutes on 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -484,6 +485,16 @@ def test_new_lr_gives_the_fresh_attention_tensors_their_own_rate():
     assert len(plain) == 1
     with pytest.raises(ConfigError, match="new_lr"):
         config.load_config(None, ["acat.new_lr=-1"])
+
+
+def test_gate_reach_says_when_identity_gates_cannot_move():
+    """Adam moves a gate by about lr a step: 20 epochs of 42 steps at 1e-4 reach 0.084 (the recipe whose
+    ACAT stayed at its baseline even fed the true masks), new_lr 1e-2 reaches 8.4."""
+    from training.train_acat import gate_reach
+    hp = config.HyperParams(epochs=20, lr=1e-4, weight_decay=0.0, lr_min=0.0, batch_size=16)
+    assert gate_reach(hp, 672) == pytest.approx(20 * 42 * 1e-4)
+    assert gate_reach(hp, 673) == pytest.approx(20 * 43 * 1e-4)          # a last partial batch is a step
+    assert gate_reach(dataclasses.replace(hp, new_lr=1e-2), 672) == pytest.approx(8.4)
 
 
 def test_control_maps_are_the_lesion_or_noise():

@@ -15,6 +15,7 @@ cross-entropy, flips (the saliency map is flipped with its image).
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import torch
@@ -75,6 +76,14 @@ def _widen_input(net, baseline, key: str) -> bool:
     return True
 
 
+def gate_reach(hp: HyperParams, n_train: int) -> float:
+    """How far an identity-start gate g can move from 0 in the whole fine-tuning: Adam moves a tensor
+    by at most about its learning rate a step. Below about 1, ACAT cannot depart much from its baseline
+    whatever maps it reads (docs/RESULTS.md: at lr 1e-4 even the true lesion masks gave nothing)."""
+    steps = hp.epochs * math.ceil(n_train / max(1, hp.batch_size))
+    return (hp.new_lr or hp.lr) * steps
+
+
 def train_acat(cfg: dict, seed: int, rt: Runtime, model: str = "acat", resume: bool = False,
                root=None, baseline_path=None) -> Path:
     """Fine-tune `model` under root (default: the seed's folder) from root's baseline (or
@@ -95,6 +104,10 @@ def train_acat(cfg: dict, seed: int, rt: Runtime, model: str = "acat", resume: b
         attach_saliency(cfg, seed, splits, root=root)
     rt.log(f"[{model}] seed {seed}: {net.model_name} from {init}; {len(splits['train'])} training "
            f"volumes, {hp.epochs} epochs, lr {hp.lr:g}, {rt.world_size} process(es)")
+    if getattr(net, "gates", None) is not None and gate_reach(hp, len(splits["train"])) < 1.0:
+        rt.log(f"[{model}] note: identity start, but its gates can move at most about "
+               f"{gate_reach(hp, len(splits['train'])):.2f} from 0 at this learning rate: ACAT will stay close to "
+               "its baseline whatever its maps; set acat.new_lr (e.g. 0.01)")
 
     net, metrics = fit_classifier(net, model, cfg, hp, splits, rt, folder=folder, seed=seed,
                                   resume=resume, needs_saliency=needs_saliency)
