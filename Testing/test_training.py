@@ -497,12 +497,15 @@ def test_gate_reach_says_when_identity_gates_cannot_move():
     assert gate_reach(dataclasses.replace(hp, new_lr=1e-2), 672) == pytest.approx(8.4)
 
 
-def test_control_maps_are_the_lesion_or_noise():
+def test_control_maps_are_the_lesion_a_decoy_or_noise():
     from training.make_control_saliency import control_maps
     masks = np.zeros((2, 3, 16, 16), np.uint8)
     masks[1, 1, 4:8, 4:8] = 2                         # volume 1 has a lesion on slice 1
     maps = control_maps("mask", masks, (2, 3, 1, 16, 16), np.random.default_rng(0)).astype(np.float32)
     assert maps.shape == (2, 3, 1, 16, 16) and not maps[0].any()
     assert maps[1].max() == 1.0 and maps[1, 1, 0, 6, 6] > 0.5 and maps[1, 1, 0, 14, 14] == 0
+    decoy = control_maps("decoy", masks, (2, 3, 1, 16, 16), np.random.default_rng(0)).astype(np.float32)
+    np.testing.assert_array_equal(decoy[0], maps[1])      # the lesion-free volume borrows a lesion's map
+    np.testing.assert_array_equal(decoy[1], maps[1])
     noise = control_maps("noise", masks, (2, 3, 1, 16, 16), np.random.default_rng(0)).astype(np.float32)
     assert noise.min() == 0.0 and noise.max() == 1.0 and noise.std() > 0.05

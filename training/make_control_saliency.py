@@ -1,12 +1,16 @@
 """Controls for ACAT (Sec. 4.7's spirit): a run whose saliency maps are the true lesion masks (upper
-bound) or smooth noise (lower bound), everything else linked from a trained run of the same config.
+bound), decoy masks (the upper bound of a map that always has a peak) or smooth noise (lower bound),
+everything else linked from a trained run of the same config.
 
     python -m training.make_control_saliency --from runs/brain_synth_demo --to runs/brain_ctl_mask --seed 0 --kind mask
     python -m training.train_acat --config training/configs/brain_synth_demo.json --seed 0 --out runs/brain_ctl_mask
 
 Mask maps: the prepared lesion mask (``cache/mask.npy``) smoothed by 1 pixel, scaled to a peak of 1, zero
-without a lesion (so they also tell lesion from no lesion: an upper bound, not a method). Noise maps:
-uniform noise smoothed by 2 pixels and scaled to [0, 1], the value range of the real maps.
+without a lesion (so they also tell lesion from no lesion: an upper bound, not a method). Decoy maps: the
+same, but a volume without a lesion gets the mask map of a random volume of the split that has one, so
+every map has a bright region, as the class-agnostic counterfactual map does, and only its place tells
+(a perfectly localising map that does not give presence away). Noise maps: uniform noise smoothed by 2
+pixels and scaled to [0, 1], the value range of the real maps.
 """
 from __future__ import annotations
 
@@ -21,9 +25,15 @@ SPLITS = ("train", "val", "test")
 
 
 def control_maps(kind: str, masks: np.ndarray, shape: tuple, rng: np.random.Generator) -> np.ndarray:
-    """(N, S, 1, H, W) float16 maps: `masks` (N, S, H, W) smoothed, or noise of `shape`."""
-    if kind == "mask":
+    """(N, S, 1, H, W) float16 maps: `masks` (N, S, H, W) smoothed (a decoy for the lesion-free ones
+    with kind "decoy"), or noise of `shape`."""
+    if kind in ("mask", "decoy"):
         maps = np.stack([gaussian_filter((m > 0).astype(np.float32), (0, 1, 1)) for m in masks])
+        peak = maps.reshape(len(maps), -1).max(1)
+        if kind == "decoy":
+            empty, lesions = np.flatnonzero(peak == 0), np.flatnonzero(peak > 0)
+            if len(lesions):
+                maps[empty] = maps[rng.choice(lesions, len(empty))]
         peak = np.maximum(maps.reshape(len(maps), -1).max(1), 1e-6)
         return (maps / peak[:, None, None, None])[:, :, None].astype(np.float16)
     maps = gaussian_filter(rng.random(shape, dtype=np.float32), (0, 0, 0, 2, 2))
@@ -40,7 +50,7 @@ def main(argv=None):
     ap.add_argument("--from", dest="src", required=True, help="a trained run's out_dir (with saliency maps)")
     ap.add_argument("--to", dest="dst", required=True, help="the control run's out_dir (created)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--kind", choices=["mask", "noise"], required=True)
+    ap.add_argument("--kind", choices=["mask", "decoy", "noise"], required=True)
     args = ap.parse_args(argv)
     src, dst = Path(args.src), Path(args.dst)
     run, source = dst / f"seed{args.seed}", src / f"seed{args.seed}"
