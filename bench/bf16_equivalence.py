@@ -69,11 +69,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     other = f"fp32 on the input + N(0, {args.floor:g} HU)" if args.floor else "bf16"
     print(f"{other} against fp32, shipped bundles, analyze's default search, device {args.device}, {args.n} cases")
-    print(f"{'task':<7}{'n':>4}{'Pearson min':>13}{'mean':>8}{'same peak':>11}{'s fp32':>8}{'s bf16':>8}")
+    print(f"{'task':<7}{'n':>4}{'Pearson min':>13}{'mean':>8}{'same peak':>11}{'s fp32':>8}"
+          f"{'s noised' if args.floor else 's bf16':>9}")
     for task in args.tasks.split(","):
         r = compare(task, args.n, args.device, args.floor)
         print(f"{task:<7}{r['n']:>4}{r['pearson_min']:>13.3f}{r['pearson_mean']:>8.3f}{100 * r['same_peak']:>10.0f}%"
-              f"{r['s_fp32']:>8.2f}{r['s_bf16']:>8.2f}", flush=True)
+              f"{r['s_fp32']:>8.2f}{r['s_bf16']:>9.2f}", flush=True)
     return 0
 
 

@@ -104,10 +104,11 @@ def train_acat(cfg: dict, seed: int, rt: Runtime, model: str = "acat", resume: b
         attach_saliency(cfg, seed, splits, root=root)
     rt.log(f"[{model}] seed {seed}: {net.model_name} from {init}; {len(splits['train'])} training "
            f"volumes, {hp.epochs} epochs, lr {hp.lr:g}, {rt.world_size} process(es)")
-    if getattr(net, "gates", None) is not None and gate_reach(hp, len(splits["train"])) < 1.0:
-        rt.log(f"[{model}] note: identity start, but its gates can move at most about "
-               f"{gate_reach(hp, len(splits['train'])):.2f} from 0 at this learning rate: ACAT will stay close to "
-               "its baseline whatever its maps; set acat.new_lr (e.g. 0.01)")
+    reach = gate_reach(hp, len(splits["train"]))
+    if getattr(net, "gates", None) is not None and reach < 1.0:
+        rt.log(f"[{model}] note: identity start, but its gates can move at most about {reach:.2f} from 0 at "
+               "this learning rate: ACAT will stay close to its baseline whatever its maps; set acat.new_lr "
+               "(e.g. 0.01)")
 
     net, metrics = fit_classifier(net, model, cfg, hp, splits, rt, folder=folder, seed=seed,
                                   resume=resume, needs_saliency=needs_saliency)
