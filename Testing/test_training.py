@@ -125,6 +125,25 @@ def test_bad_config_values_raise_config_error(tmp_path, toy_datalist):
         loop.epoch_batches(10, 3, 0, 0, rt)
 
 
+def test_a_dotted_override_sets_one_entry_of_a_whole_replaced_section():
+    """--set saliency.options.target=0 adds to the config file's options (it used to replace them
+    all, silently dropping e.g. the FISTA search); --set saliency.options={...} still replaces."""
+    path = REPO / "training" / "configs" / "brain_synth_demo.json"
+    options = json.loads(path.read_text())["saliency"]["options"]
+    assert options, "the demo config names its search options"
+    cfg = config.load_config(str(path), ["saliency.options.target=0", "saliency.options.scale=0.15",
+                                         "baseline.model_config.pooling=topk"])
+    assert cfg["saliency"]["options"] == {**options, "target": 0, "scale": 0.15}
+    model_config = json.loads(path.read_text())["baseline"]["model_config"]
+    assert cfg["baseline"]["model_config"] == {**model_config, "pooling": "topk"}
+    whole = config.load_config(str(path), ['saliency.options={"steps": 3}'])
+    assert whole["saliency"]["options"] == {"steps": 3}
+    with pytest.raises(ConfigError, match="'steps' is not a section"):
+        config.load_config(str(path), ["saliency.options.steps.x=1"])
+    with pytest.raises(ConfigError, match="unknown config key 'salience'"):
+        config.load_config(str(path), ["salience.options.steps=1"])
+
+
 def test_synth_options_reach_the_generator_and_the_cache(tmp_path):
     """data.synth_options makes that variant of ACAT-Synth; a changed option regenerates the data."""
     with pytest.raises(ConfigError, match="do not apply to the lung task"):

@@ -119,7 +119,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list] = None) ->
     if path:
         cfg = merge(cfg, read_config_file(Path(path)))
     for item in overrides or []:
-        cfg = merge(cfg, override_tree(item))
+        cfg = merge(cfg, override_tree(item, cfg))
     return validate_config(cfg)
 
 
@@ -148,8 +148,11 @@ def read_config_file(p: Path) -> dict:
     return data
 
 
-def override_tree(item: str) -> dict:
-    """'a.b=1' -> {"a": {"b": 1}}; the value is JSON when it parses, else the plain string."""
+def override_tree(item: str, cfg: Optional[dict] = None) -> dict:
+    """'a.b=1' -> {"a": {"b": 1}}; the value is JSON when it parses, else the plain string.
+
+    A key inside a section that is replaced whole (OPAQUE_KEYS), e.g. 'saliency.options.steps=7', sets
+    that one entry of `cfg`'s section and keeps its others ('saliency.options={...}' replaces it)."""
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like key.sub=value")
     key, text = item.split("=", 1)
@@ -157,9 +160,33 @@ def override_tree(item: str) -> dict:
         value = json.loads(text)
     except json.JSONDecodeError:
         value = text
-    for part in reversed(key.split(".")):
+    parts = key.split(".")
+    inside = next((i + 1 for i, part in enumerate(parts[:-1]) if part in OPAQUE_KEYS), None)
+    if inside is not None and cfg is not None:
+        section = opaque_section(cfg, parts[:inside], key)
+        leaf = section
+        for part in parts[inside:-1]:
+            leaf = leaf.setdefault(part, {})
+            if not isinstance(leaf, dict):
+                raise ConfigError(f"override '{key}': '{part}' is not a section")
+        leaf[parts[-1]] = value
+        parts, value = parts[:inside], section
+    for part in reversed(parts):
         value = {part: value}
     return value
+
+
+def opaque_section(cfg: dict, path: list, key: str) -> dict:
+    """A copy of the whole-replaced section at `path` of `cfg` ({} when unset); ConfigError naming
+    the first unknown key of `path`."""
+    node = cfg
+    for depth, part in enumerate(path):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"unknown config key '{'.'.join(path[:depth + 1])}' in override '{key}'")
+        node = node[part]
+    if node is not None and not isinstance(node, dict):
+        raise ConfigError(f"override '{key}': '{'.'.join(path)}' is not a section")
+    return copy.deepcopy(node or {})
 
 
 def validate_config(cfg: dict) -> dict:
