@@ -148,7 +148,7 @@ def read_config_file(p: Path) -> dict:
     return data
 
 
-def override_tree(item: str, cfg: Optional[dict] = None) -> dict:
+def override_tree(item: str, cfg: dict) -> dict:
     """'a.b=1' -> {"a": {"b": 1}}; the value is JSON when it parses, else the plain string.
 
     A key inside a section that is replaced whole (OPAQUE_KEYS), e.g. 'saliency.options.steps=7', sets
@@ -162,8 +162,8 @@ def override_tree(item: str, cfg: Optional[dict] = None) -> dict:
         value = text
     parts = key.split(".")
     inside = next((i + 1 for i, part in enumerate(parts[:-1]) if part in OPAQUE_KEYS), None)
-    if inside is not None and cfg is not None:
-        section = opaque_section(cfg, parts[:inside], key)
+    if inside is not None:
+        section = opaque_section(cfg, parts[:inside])
         leaf = section
         for part in parts[inside:-1]:
             leaf = leaf.setdefault(part, {})
@@ -176,17 +176,13 @@ def override_tree(item: str, cfg: Optional[dict] = None) -> dict:
     return value
 
 
-def opaque_section(cfg: dict, path: list, key: str) -> dict:
-    """A copy of the whole-replaced section at `path` of `cfg` ({} when unset); ConfigError naming
-    the first unknown key of `path`."""
+def opaque_section(cfg: dict, path: list) -> dict:
+    """A copy of the whole-replaced section at `path` of `cfg`, {} when unset (an unknown key on the
+    way is reported by `merge`, with the keys it knows)."""
     node = cfg
-    for depth, part in enumerate(path):
-        if not isinstance(node, dict) or part not in node:
-            raise ConfigError(f"unknown config key '{'.'.join(path[:depth + 1])}' in override '{key}'")
-        node = node[part]
-    if node is not None and not isinstance(node, dict):
-        raise ConfigError(f"override '{key}': '{'.'.join(path)}' is not a section")
-    return copy.deepcopy(node or {})
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return copy.deepcopy(node) if isinstance(node, dict) else {}
 
 
 def validate_config(cfg: dict) -> dict:
