@@ -28,6 +28,7 @@ from ACATCore import metrics                                   # noqa: E402
 from ACATCore.errors import ACATError                          # noqa: E402
 from ACATCore.filters import gaussian_smooth                   # noqa: E402
 from training.cards import load_final                          # noqa: E402
+from training.checkpointing import load_checkpoint             # noqa: E402
 from training.config import load_config                        # noqa: E402
 from training.data import load_splits, run_dir                 # noqa: E402
 from training.evaluate import lesion_region                    # noqa: E402
@@ -43,7 +44,7 @@ def load_autoencoder(source: str, own: Path):
         return load_final(own, "autoencoder")[0].eval()
     if source.endswith(".pt"):
         ae = load_final(own, "autoencoder")[0]
-        ae.load_state_dict(torch.load(source, map_location="cpu", weights_only=False)["model"])
+        ae.load_state_dict(load_checkpoint(Path(source))["model"])
         return ae.eval()
     return load_final(Path(source), "autoencoder")[0].eval()
 
