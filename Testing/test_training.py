@@ -528,3 +528,16 @@ def test_control_maps_are_the_lesion_a_decoy_or_noise():
     np.testing.assert_array_equal(decoy[1], maps[1])
     noise = control_maps("noise", masks, (2, 3, 1, 16, 16), np.random.default_rng(0)).astype(np.float32)
     assert noise.min() == 0.0 and noise.max() == 1.0 and noise.std() > 0.05
+
+
+def test_focus_maps_keep_the_brightest_region_as_one_blob():
+    from training.make_control_saliency import FOCUS_FRACTION, focus_maps
+    rng = np.random.default_rng(0)
+    maps = (0.3 * rng.random((2, 3, 1, 32, 32))).astype(np.float16)
+    maps[0, 2, 0, 20:26, 5:11] = 1.0                  # a bright patch on slice 2 among weak noise
+    focused = focus_maps(maps).astype(np.float32)
+    assert focused.shape == maps.shape and focused.max(axis=(1, 2, 3, 4)).tolist() == [1.0, 1.0]
+    peak = np.unravel_index(int(np.argmax(focused[0])), focused[0].shape)
+    assert peak[0] == 2 and 20 <= peak[2] < 26 and 5 <= peak[3] < 11
+    assert focused[0, 0].max() < 0.05                 # the noise elsewhere is gone
+    assert (focused[0] > 0.5).mean() < 3 * FOCUS_FRACTION

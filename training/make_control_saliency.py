@@ -1,6 +1,6 @@
 """Controls for ACAT (Sec. 4.7's spirit): a run whose saliency maps are the true lesion masks (upper
-bound), decoy masks (the upper bound of a map that always has a peak) or smooth noise (lower bound),
-everything else linked from a trained run of the same config.
+bound), decoy masks (the upper bound of a map that always has a peak), smooth noise (lower bound) or the
+trained run's own counterfactual maps focused on their brightest 1 %, everything else linked from that run.
 
     python -m training.make_control_saliency --from runs/brain_synth_demo --to runs/brain_ctl_mask --seed 0 --kind mask
     python -m training.train_acat --config training/configs/brain_synth_demo.json --seed 0 --out runs/brain_ctl_mask
@@ -10,7 +10,9 @@ without a lesion (so they also tell lesion from no lesion: an upper bound, not a
 same, but a volume without a lesion gets the mask map of a random volume of the split that has one, so
 every map has a bright region, as the class-agnostic counterfactual map does, and only its place tells
 (a perfectly localising map that does not give presence away). Noise maps: uniform noise smoothed by 2
-pixels and scaled to [0, 1], the value range of the real maps.
+pixels and scaled to [0, 1], the value range of the real maps. Focus maps: each of the trained run's own
+maps smoothed in-plane by 2 pixels, its brightest 1 % of voxels kept as a binary region, smoothed by 1
+pixel and scaled to a peak of 1: a counterfactual map reshaped into a lesion-sized blob like the decoy's.
 """
 from __future__ import annotations
 
@@ -22,6 +24,21 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 SPLITS = ("train", "val", "test")
+
+
+FOCUS_FRACTION = 0.01       # about a lesion's share of the brain model's input (median 0.56 %, up to ~2 %)
+
+
+def focus_maps(maps: np.ndarray) -> np.ndarray:
+    """(N, S, 1, H, W) maps -> each one's brightest FOCUS_FRACTION (after 2-px smoothing) as a 1-px-smoothed
+    blob, peak 1 (float16)."""
+    out = np.empty(maps.shape, np.float16)
+    for i, m in enumerate(maps):
+        smooth = gaussian_filter(np.asarray(m[:, 0], np.float32), (0, 2, 2))
+        top = smooth > np.quantile(smooth, 1.0 - FOCUS_FRACTION)
+        blob = gaussian_filter(top.astype(np.float32), (0, 1, 1))
+        out[i, :, 0] = blob / max(float(blob.max()), 1e-6)
+    return out
 
 
 def control_maps(kind: str, masks: np.ndarray, shape: tuple, rng: np.random.Generator) -> np.ndarray:
@@ -50,7 +67,7 @@ def main(argv=None):
     ap.add_argument("--from", dest="src", required=True, help="a trained run's out_dir (with saliency maps)")
     ap.add_argument("--to", dest="dst", required=True, help="the control run's out_dir (created)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--kind", choices=["mask", "decoy", "noise"], required=True)
+    ap.add_argument("--kind", choices=["mask", "decoy", "noise", "focus"], required=True)
     args = ap.parse_args(argv)
     src, dst = Path(args.src), Path(args.dst)
     run, source = dst / f"seed{args.seed}", src / f"seed{args.seed}"
@@ -63,8 +80,12 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     for split in SPLITS:
         index = np.load(source / "saliency" / f"{split}_index.npy")
-        shape = np.load(source / "saliency" / f"{split}.npy", mmap_mode="r").shape
-        np.save(run / "saliency" / f"{split}.npy", control_maps(args.kind, masks[index], shape, rng))
+        own = np.load(source / "saliency" / f"{split}.npy", mmap_mode="r")
+        if args.kind == "focus":
+            maps = focus_maps(own)
+        else:
+            maps = control_maps(args.kind, masks[index], own.shape, rng)
+        np.save(run / "saliency" / f"{split}.npy", maps)
         np.save(run / "saliency" / f"{split}_index.npy", index)
     print(f"wrote {args.kind} maps to {run / 'saliency'}")
 
