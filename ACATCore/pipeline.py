@@ -315,9 +315,10 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
         dict(steps=steps, alpha=alpha, early_stop=early_stop, options=counterfactual_options or {},
              smoothing=smoothing))
     prog.stage("map back")
-    if brain is not None:           # maps and the peak only where the brain is
+    region = brain.mask if brain is not None else _lungs(volume, card, warnings)
+    if region is not None:          # maps and the peak only where the brain (the lungs) are
         from .preprocessing import from_canonical
-        merger.restrict_to(from_canonical(brain.mask, prepared[0].perm, prepared[0].flip))
+        merger.restrict_to(from_canonical(region, prepared[0].perm, prepared[0].flip))
     saliency, attention, counterfactuals = _merged_maps(merger, volume, cf_names)
     peak_index, peak_lps, territory = _saliency_peak(volume, saliency, card, brain, warnings)
 
@@ -462,6 +463,19 @@ def _merged_maps(merger, volume, cf_names) -> tuple:
         cf = (volume.array.astype(np.float32) + delta).astype(np.float32)
         counterfactuals[name] = volume.with_array(cf, kind="counterfactual", target=name)
     return saliency, attention, counterfactuals
+
+
+def _lungs(volume, card, warnings):
+    """The lung mask (canonical) of a lung model's input, else None (with a note when none is found)."""
+    if card.get("task") != "lung":
+        return None
+    from .lung_mask import find_lungs
+    from .preprocessing import to_canonical
+    canonical = to_canonical(volume)
+    lungs = find_lungs(canonical.array, canonical.spacing)
+    if lungs is None:
+        warnings.append("no lungs were found in this CT: the maps and their peak are not bounded to them")
+    return lungs
 
 
 def _saliency_peak(volume, saliency, card, brain, warnings) -> tuple:

@@ -1,0 +1,84 @@
+"""The lungs of a chest CT, found from the CT itself, to bound where a lung model's maps are shown.
+
+``analyze`` runs it for lung models, as it runs brain extraction for brain models: the saliency,
+attention and counterfactual maps are zero outside the lungs and the saliency peak is searched inside
+them. The model's input is not changed, so the probabilities are the same with or without it.
+
+The steps, on a canonical LPS-axial array ``[k, j, i]`` in HU:
+
+1. **Air**: every voxel below ``AIR_HU`` (aerated lung, ground glass, emphysema, airways, and the air
+   around the body).
+2. **Inside the body**: the 3-D parts of that air that touch no in-plane border of the image; the air
+   around the body, under the table and in the gantry touches one.
+3. **Lungs**: those parts of at least ``MIN_PART_ML`` and ``LARGEST_SHARE`` of the largest one (gas
+   bubbles, the stomach's and the bowel's gas are dropped).
+4. **Whole lungs**: each lung of each slice closed in-plane by ``CLOSE_MM`` and its holes filled, so
+   vessels, nodules and consolidation inside the lung belong to it. The closing is small on purpose: the
+   counterfactual maps are brightest along the hilum's vessels and bronchi, and a wider closing (10-20 mm)
+   or a margin brings them back into the mask (on 32 tuning chest CT, generator seed 9300, the peak lay in
+   a finding in 31% of the positives without a mask, 41% with this one, 31-34% with 10-20 mm closings).
+   Dense consolidation against the chest wall has the wall's HU and stays partly outside (the mask holds
+   about 80% of the findings' voxels).
+5. **Plausibility**: at least ``MIN_LUNG_ML`` in all; otherwise None (a head CT, a cropped field of view
+   that cuts the lungs): ``analyze`` then shows the maps everywhere and says why.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage as ndi
+
+AIR_HU = -400.0           # aerated lung about -850, ground glass -750..-550; soft tissue above -150
+MIN_PART_ML = 10.0        # one lung of an adult: 1500-3000 ml; a gas bubble: a few ml
+LARGEST_SHARE = 0.1       # of the largest part: both lungs (often one part through the airways) stay,
+                          # stomach and bowel gas (tens of ml) go
+CLOSE_MM = 3.0            # at least one voxel in-plane
+MIN_LUNG_ML = 200.0
+
+
+def find_lungs(hu: np.ndarray, spacing) -> Optional[np.ndarray]:
+    """Boolean lung mask of a canonical ``hu`` array [k, j, i] with ``spacing`` (i, j, k) in mm, or None
+    when no plausible lungs are found."""
+    hu = np.asarray(hu)
+    if hu.ndim != 3 or min(hu.shape) < 1:
+        return None
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    labels, n = ndi.label(hu < AIR_HU)
+    if n == 0:
+        return None
+    border = np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(),
+                                       labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1) * voxel_ml
+    sizes[border] = 0
+    sizes[0] = 0
+    keep = (sizes >= MIN_PART_ML) & (sizes >= LARGEST_SHARE * sizes.max())
+    lungs = keep[labels]
+    if lungs.sum() * voxel_ml < MIN_LUNG_ML:
+        return None
+    return _whole(lungs, spacing)
+
+
+def _disk(mm: float, spacing) -> tuple:
+    """An in-plane disk of radius ``mm`` (1, 2 ry + 1, 2 rx + 1) and its radii (ry, rx) in voxels."""
+    ry, rx = (max(1, int(round(mm / float(s)))) for s in (spacing[1], spacing[0]))
+    yy, xx = np.ogrid[-ry:ry + 1, -rx:rx + 1]
+    return ((yy / ry) ** 2 + (xx / rx) ** 2 <= 1.0)[None], (ry, rx)
+
+
+def _whole(lungs: np.ndarray, spacing) -> np.ndarray:
+    """Each in-plane part of ``lungs`` closed by CLOSE_MM and its holes filled (one part at a time, so the
+    closing never bridges the two lungs across the mediastinum)."""
+    disk, (ry, rx) = _disk(CLOSE_MM, spacing)
+    out = lungs.copy()
+    for k, plane in enumerate(lungs):
+        labels, _ = ndi.label(plane)
+        for n, box in enumerate(ndi.find_objects(labels), start=1):
+            part = np.pad(labels[box] == n, ((ry, ry), (rx, rx)))     # room for the closing
+            whole = ndi.binary_fill_holes(ndi.binary_closing(part, structure=disk[0]))
+            y0, x0 = box[0].start - ry, box[1].start - rx
+            ys, xs = np.nonzero(whole)
+            ys, xs = ys + y0, xs + x0
+            inside = (ys >= 0) & (ys < plane.shape[0]) & (xs >= 0) & (xs < plane.shape[1])
+            out[k, ys[inside], xs[inside]] = True
+    return out

@@ -1,0 +1,43 @@
+"""The lung mask that bounds a lung model's maps (ACATCore.lung_mask), on real CT."""
+import numpy as np
+import pytest
+
+from ACATCore.data import synth
+from ACATCore.io import read_volume
+from ACATCore.lung_mask import find_lungs
+from ACATCore.preprocessing import to_canonical
+from ACATCore.resources import resource_path
+
+
+def test_lungs_of_the_real_chest_ct_match_its_segmentation():
+    base = synth.lung_base()                       # slicerio's chest CT and its lung segments
+    ct, truth = base["volume"], base["channels"][1:].sum(0).numpy() > 0.5
+    lungs = find_lungs(ct.array, ct.spacing)
+    assert lungs.shape == truth.shape
+    assert (lungs & truth).sum() / truth.sum() > 0.98                      # measured 0.997
+    assert 2 * (lungs & truth).sum() / (lungs.sum() + truth.sum()) > 0.95  # measured 0.993
+    assert not lungs[:, 0].any() and not lungs[:, :, -1].any()             # the air around the body is out
+
+
+def test_most_of_the_findings_stay_in_the_mask():
+    rng = np.random.default_rng(5)
+    covered = []
+    for _ in range(4):
+        case = synth.make_lung_case(rng, 1, involvement=[0.1, 0.3])
+        lungs = find_lungs(case["image"], case["spacing"])
+        findings = case["mask"] > 0
+        covered.append((lungs & findings).sum() / findings.sum())
+    # measured 0.78 / 0.91 / 0.73 / 0.69: consolidation against the chest wall has the wall's HU
+    assert np.mean(covered) > 0.7 and min(covered) > 0.6, covered
+
+
+def test_a_head_ct_or_a_non_volume_has_no_lungs():
+    head = to_canonical(read_volume(resource_path("data", "ACATSampleHeadCT.nrrd")))
+    assert find_lungs(head.array, head.spacing) is None                     # sinuses: far under 200 ml
+    assert find_lungs(np.zeros((8, 8)), (1, 1, 1)) is None
+    assert find_lungs(np.full((4, 16, 16), -1000, np.int16), (1, 1, 1)) is None   # all air: the border's
+
+
+@pytest.mark.parametrize("hu", [40, 1000])
+def test_no_air_means_no_lungs(hu):
+    assert find_lungs(np.full((4, 16, 16), hu, np.int16), (1.0, 1.0, 5.0)) is None
