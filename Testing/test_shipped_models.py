@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 import pytest
 import torch
 
@@ -146,6 +147,10 @@ def test_acat_analyze_with_the_shipped_lung_bundle_points_at_the_finding(tmp_pat
     share = saliency[lesion & seen].sum() / saliency[seen].sum()
     chance = lesion[seen].mean()
     assert share > 2 * chance, (share, chance)         # the map's mass is drawn to the finding
+    lungs = case["regions"] > 0
+    near = ndimage.binary_dilation(lungs, np.ones((1, 5, 5), bool))          # the mask's margin: 2 voxels
+    assert saliency[~near].sum() < 0.05 * saliency.sum()                     # shown in the lungs only
+    assert near[tuple(reversed(result.peak_index))]                          # and the peak is there
 
 
 @pytest.mark.parametrize("task", ["lung", "brain"])
