@@ -59,26 +59,24 @@ def find_lungs(hu: np.ndarray, spacing) -> Optional[np.ndarray]:
     return _whole(lungs, spacing)
 
 
-def _disk(mm: float, spacing) -> tuple:
-    """An in-plane disk of radius ``mm`` (1, 2 ry + 1, 2 rx + 1) and its radii (ry, rx) in voxels."""
+def _disk(mm: float, spacing) -> np.ndarray:
+    """An in-plane disk of radius ``mm`` (at least one voxel), shape (2 ry + 1, 2 rx + 1)."""
     ry, rx = (max(1, int(round(mm / float(s)))) for s in (spacing[1], spacing[0]))
     yy, xx = np.ogrid[-ry:ry + 1, -rx:rx + 1]
-    return ((yy / ry) ** 2 + (xx / rx) ** 2 <= 1.0)[None], (ry, rx)
+    return (yy / ry) ** 2 + (xx / rx) ** 2 <= 1.0
 
 
 def _whole(lungs: np.ndarray, spacing) -> np.ndarray:
     """Each in-plane part of ``lungs`` closed by CLOSE_MM and its holes filled (one part at a time, so the
-    closing never bridges the two lungs across the mediastinum)."""
-    disk, (ry, rx) = _disk(CLOSE_MM, spacing)
+    closing never bridges the two lungs across the mediastinum). A closing by a disk stays inside the
+    part's bounding box, so each result goes back into that box."""
+    disk = _disk(CLOSE_MM, spacing)
+    ry, rx = disk.shape[0] // 2, disk.shape[1] // 2
     out = lungs.copy()
     for k, plane in enumerate(lungs):
         labels, _ = ndi.label(plane)
         for n, box in enumerate(ndi.find_objects(labels), start=1):
-            part = np.pad(labels[box] == n, ((ry, ry), (rx, rx)))     # room for the closing
-            whole = ndi.binary_fill_holes(ndi.binary_closing(part, structure=disk[0]))
-            y0, x0 = box[0].start - ry, box[1].start - rx
-            ys, xs = np.nonzero(whole)
-            ys, xs = ys + y0, xs + x0
-            inside = (ys >= 0) & (ys < plane.shape[0]) & (xs >= 0) & (xs < plane.shape[1])
-            out[k, ys[inside], xs[inside]] = True
+            part = np.pad(labels[box] == n, ((ry, ry), (rx, rx)))     # the closing must not meet an edge
+            whole = ndi.binary_fill_holes(ndi.binary_closing(part, structure=disk))
+            out[k][box] |= whole[ry:-ry, rx:-rx]
     return out

@@ -57,6 +57,14 @@ def test_every_map_on_the_input_grid(full_result, chest):
     assert result.class_names == LUNG_CLASSES and result.predicted_class in LUNG_CLASSES
 
 
+def _lungs_of(chest):
+    """The lung mask analyze bounds a lung model's maps to, on the chest's own grid."""
+    from ACATCore.lung_mask import find_lungs
+    from ACATCore.preprocessing import canonical_axes, from_canonical, to_canonical
+    canonical = to_canonical(chest)
+    return from_canonical(find_lungs(canonical.array, canonical.spacing), *canonical_axes(chest.direction))
+
+
 def test_full_coverage_sees_every_slice(full_result, chest):
     result, _ = full_result
     n = chest.shape[0]
@@ -65,10 +73,7 @@ def test_full_coverage_sees_every_slice(full_result, chest):
     assert result.settings["coverage"] == "full" and len(result.settings["offsets"]) >= int(np.ceil(n / 11))
     # every seen slice that holds lung carries saliency and attention (nothing is left at zero by the
     # merge); the maps are bounded to the lungs, so the slices below them carry none
-    from ACATCore.lung_mask import find_lungs
-    from ACATCore.preprocessing import canonical_axes, from_canonical, to_canonical
-    canonical = to_canonical(chest)
-    lungs = from_canonical(find_lungs(canonical.array, canonical.spacing), *canonical_axes(chest.direction))
+    lungs = _lungs_of(chest)
     has_lung = lungs.reshape(n, -1).any(axis=1)
     assert n // 2 <= has_lung.sum() < n
     for maps in (result.saliency.array, result.attention["fused"].array):
@@ -371,10 +376,7 @@ def test_the_shown_map_is_smoothed_and_acat_reads_its_own(lung_bundle, chest):
 
     # mean in-plane gradient inside the lungs of the seen slices (the maps end at the lung mask's edge)
     from scipy import ndimage
-    from ACATCore.lung_mask import find_lungs
-    from ACATCore.preprocessing import canonical_axes, from_canonical, to_canonical
-    canonical = to_canonical(chest)
-    lungs = from_canonical(find_lungs(canonical.array, canonical.spacing), *canonical_axes(chest.direction))
+    lungs = _lungs_of(chest)
     inside = ndimage.binary_erosion(lungs, np.ones((1, 5, 5), bool))[seen]
 
     def roughness(m):
