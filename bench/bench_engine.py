@@ -349,12 +349,12 @@ def main(argv=None) -> int:
                 ap.error(f"unknown row {row!r}; choose from {', '.join(ROWS)}")
             steps = args.brain_steps if task == "brain" else args.lung_steps
             rows.append(run_child(task, row, size, steps, args))
-            print(f"  done {task} {row}: {rows[-1].get('s', float('nan')):.1f} s", file=sys.stderr, flush=True)
+            print(f"  done {task} {row}: {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
+            if args.json:                   # after every row: a run cut short keeps what it measured
+                with open(args.json, "w") as f:
+                    json.dump({**report, "rows": report["rows"] + rows}, f, indent=2)
         print_task(task, size, rows, peaks, args.fista_steps)
         report["rows"] += rows
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
     return 0
 
 

@@ -78,7 +78,7 @@ def run(label, name, config, shape, batch, needs_saliency, kind, args, device):
     t0 = time.perf_counter()
     for _ in range(args.steps):
         loss = step()
-    loss = float(loss)              # forces the last step to finish
+    loss = float(loss.detach())     # forces the last step to finish
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     dt = time.perf_counter() - t0
