@@ -59,8 +59,8 @@ import numpy as np
 import torch
 
 # analyze's search defaults; the presets (PAPER_SEARCH / PAPER_STEPS, FAST_SEARCH / FAST_STEPS) live there too
-from .analysis_maps import (SHOWN_SMOOTHING, acat_saliency, check_smoothing, counterfactual_saliency,
-                            shown_saliency)
+from .analysis_maps import (PEAK_TOP, SHOWN_SMOOTHING, acat_saliency, check_smoothing,
+                            counterfactual_saliency, salient_peak, shown_saliency)
 from .counterfactual_options import DEFAULT_EARLY_STOP, DEFAULT_SEARCH, DEFAULT_STEPS
 from .errors import ACATError, ConfigError, InputError, ModelFileError
 from .preprocessing import SliceMerger
@@ -483,7 +483,7 @@ def _saliency_peak(volume, saliency, card, brain, warnings) -> tuple:
     if float(saliency.array.max()) <= 0:
         warnings.append("the saliency map is zero everywhere: the counterfactuals did not change the image")
         return None, None, None
-    k, j, i = np.unravel_index(int(np.argmax(saliency.array)), saliency.shape)
+    k, j, i = salient_peak(saliency.array, PEAK_TOP.get(card.get("task"), 0.0))
     peak_index = (int(i), int(j), int(k))
     peak_lps = tuple(float(v) for v in volume.index_to_physical(peak_index))
     territory = None

@@ -25,7 +25,7 @@ class AnalysisResult:
     slice_weights: np.ndarray          # (K,) per input slice k; NaN where the model saw no slice
     slices_seen: np.ndarray            # int indices k of input slices the model saw
     baseline_probabilities: Optional[np.ndarray] = None  # (C,) of the baseline classifier
-    peak_index: Optional[tuple] = None   # (i, j, k) voxel of the saliency maximum
+    peak_index: Optional[tuple] = None   # (i, j, k): the maximum of the most salient region (salient_peak)
     peak_lps: Optional[tuple] = None     # its LPS position in mm
     peak_territory: Optional[str] = None  # brain only: vascular territory holding the peak
     model_card: dict = field(default_factory=dict)

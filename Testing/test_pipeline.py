@@ -83,7 +83,7 @@ def test_full_coverage_sees_every_slice(full_result, chest):
 def test_peak_and_counterfactual_in_hu(full_result, chest):
     result, _ = full_result
     i, j, k = result.peak_index
-    assert result.saliency.array[k, j, i] == result.saliency.array.max()
+    assert result.saliency.array[k, j, i] == result.saliency.array.max()      # a lung model: the arg-max
     assert np.allclose(result.peak_lps, chest.index_to_physical((i, j, k)))
     for cf in result.counterfactuals.values():      # HU scale, close to the scan, not a [0, 1] image
         assert cf.array.min() < -500 and cf.array.max() > 100
@@ -363,6 +363,24 @@ def test_smoothing_moves_the_peak_from_a_lone_pixel_to_the_lesion():
     assert s == 1 and 20 <= y < 30 and 20 <= x < 30
     assert float(shown.max()) == pytest.approx(1.0)
     assert float(shown[0, 0].abs().max()) == 0.0 and float(shown[0, 2].abs().max()) == 0.0   # slices not mixed
+
+
+def test_the_peak_is_the_maximum_of_the_most_salient_region():
+    """A broad region of slightly lower values (the lesion) wins the peak over a brighter lone speck and
+    over a brighter but smaller region; within the winner the peak is its own maximum."""
+    from ACATCore.analysis_maps import salient_peak
+    sal = np.random.default_rng(0).uniform(0, 0.3, (20, 60, 60)).astype(np.float32)
+    sal[8:12, 30:40, 30:40] = 0.8                         # the lesion: 400 voxels
+    sal[10, 35, 36] = 0.85                                # its own maximum
+    sal[3, 5, 5] = 1.0                                    # a lone speck of noise, the global max
+    sal[15:17, 50:53, 10:13] = 0.95                       # a small bright patch: 18 voxels
+    assert np.unravel_index(int(np.argmax(sal)), sal.shape) == (3, 5, 5)
+    assert salient_peak(sal) == (10, 35, 36)
+    assert salient_peak(np.zeros((4, 5, 5), np.float32)) is None
+    one = np.zeros((4, 5, 5), np.float32)
+    one[2, 3, 1] = 0.5
+    assert salient_peak(one) == (2, 3, 1)
+    assert salient_peak(sal, top=0) == (3, 5, 5)          # 0: the plain arg-max
 
 
 def test_the_shown_map_is_smoothed_and_acat_reads_its_own(lung_bundle, chest):

@@ -13,9 +13,11 @@ full coverage averages several and is slower). Rows:
 Columns: ACAT and baseline 4-class accuracy (from one analysis: ``probabilities`` and
 ``baseline_probabilities``), lesion-or-not sensitivity and specificity (ACAT), over the heads with a
 lesion: hit score as in the paper (the saliency peak lies in a vascular territory the lesion lies in,
-read on the head's own territory map, as the paper reads a registered atlas), the same with the territory
-``analyze`` reports (``peak_territory``: geometric territories on the extracted brain, no registration)
-and the share of peaks inside the lesion itself; seconds per analysis. Prints a table; asserts nothing.
+read on the head's own territory map, as the paper reads a registered atlas; the peak is analyze's
+``peak_index``, the maximum of the map's most salient region), the same with the territory ``analyze``
+reports (``peak_territory``: geometric territories on the extracted brain, no registration), the share of
+peaks inside the lesion itself, the hit of the map's plain arg-max (the paper's single pixel, hit(max));
+seconds per analysis. Prints a table; asserts nothing.
 
     python bench/bench_brain.py [--bundle brain] [--n 40] [--seed 9001] [--rows demo,IS-3,shift:tilt10]
                                 [--coverage sampled|full] [--search default|paper|early|fista-early]
@@ -53,11 +55,16 @@ def row_options(row: str) -> tuple:
 
 
 def peak_hits(case: dict, result) -> tuple:
-    """(hit on the head's own territories, hit by analyze's territory, peak inside the lesion)."""
+    """(hit on the head's own territories, hit by analyze's territory, peak inside the lesion, hit of
+    the map's plain arg-max on the head's own territories: the paper's single pixel)."""
     i, j, k = result.peak_index
     truth = {les["territory"] for les in case["lesions"]}
-    own = TERRITORIES[case["regions"][k, j, i] - 1] if case["regions"][k, j, i] > 0 else None
-    return own in truth, result.peak_territory in truth, bool(case["mask"][k, j, i] > 0)
+
+    def own(k, j, i):
+        return TERRITORIES[case["regions"][k, j, i] - 1] if case["regions"][k, j, i] > 0 else None
+    arg = np.unravel_index(int(np.argmax(result.saliency.array)), result.saliency.shape)
+    return own(k, j, i) in truth, result.peak_territory in truth, bool(case["mask"][k, j, i] > 0), \
+        own(*arg) in truth
 
 
 def resampled(case: dict, shape) -> dict:
@@ -89,10 +96,10 @@ def run_row(row: str, bundle: str, n: int, seed: int, coverage: str = "sampled",
         if label:
             hits.append(peak_hits(case, result))
     y, acat, base = np.array(labels), np.array(acat), np.array(base)
-    hits = np.array(hits, dtype=float).reshape(-1, 3)
+    hits = np.array(hits, dtype=float).reshape(-1, 4)
     return {"row": row, "n": n, "acat": (acat == y).mean(), "baseline": (base == y).mean(),
             "sensitivity": (acat[y > 0] > 0).mean(), "specificity": (acat[y == 0] == 0).mean(),
-            "hit": hits[:, 0].mean(), "hit_analyze": hits[:, 1].mean(), "in_lesion": hits[:, 2].mean(),
+            "hit": hits[:, 0].mean(), "hit_analyze": hits[:, 1].mean(), "in_lesion": hits[:, 2].mean(), "hit_argmax": hits[:, 3].mean(),
             "seconds": float(np.mean(seconds))}
 
 
@@ -114,7 +121,7 @@ def main(argv=None) -> int:
     print(f"brain bundle {args.bundle!r} on fresh ACAT-Synth heads (generator seed {args.seed}, "
           f"{args.n} a row, coverage {args.coverage}, search {args.search})")
     print(f"{'row':<18}{'n':>4}{'ACAT':>8}{'baseline':>10}{'sens':>7}{'spec':>7}{'hit':>7}{'hit(an)':>8}"
-          f"{'in-les':>7}{'s/case':>8}")
+          f"{'in-les':>7}{'hit(max)':>9}{'s/case':>8}")
     search = SEARCHES[args.search]
     reference = None
     for row in args.rows.split(","):
@@ -124,7 +131,7 @@ def main(argv=None) -> int:
             f"  ({100 * (r['acat'] - reference):+.1f} vs demo)"
         print(f"{r['row']:<18}{r['n']:>4}{100 * r['acat']:>7.1f}%{100 * r['baseline']:>9.1f}%"
               f"{100 * r['sensitivity']:>6.0f}%{100 * r['specificity']:>6.0f}%{100 * r['hit']:>6.0f}%"
-              f"{100 * r['hit_analyze']:>7.0f}%{100 * r['in_lesion']:>6.0f}%"
+              f"{100 * r['hit_analyze']:>7.0f}%{100 * r['in_lesion']:>6.0f}%{100 * r['hit_argmax']:>8.0f}%"
               f"{r['seconds']:>8.2f}{delta}", flush=True)
     return 0
 
