@@ -100,8 +100,8 @@ def salient_peak(array, top: float = PEAK_TOP["brain"]):
         return None
     if not top:
         return tuple(int(v) for v in np.unravel_index(int(np.argmax(array)), array.shape))
-    top = array >= np.quantile(positive, 1.0 - top)
-    regions, n = ndi.label(top)
+    hot = array >= np.quantile(positive, 1.0 - top)
+    regions, n = ndi.label(hot)
     mass = ndi.sum(array, regions, index=np.arange(1, n + 1))
     best = np.where(regions == int(np.argmax(mass)) + 1, array, 0)
     return tuple(int(v) for v in np.unravel_index(int(np.argmax(best)), array.shape))

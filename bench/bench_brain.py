@@ -99,8 +99,8 @@ def run_row(row: str, bundle: str, n: int, seed: int, coverage: str = "sampled",
     hits = np.array(hits, dtype=float).reshape(-1, 4)
     return {"row": row, "n": n, "acat": (acat == y).mean(), "baseline": (base == y).mean(),
             "sensitivity": (acat[y > 0] > 0).mean(), "specificity": (acat[y == 0] == 0).mean(),
-            "hit": hits[:, 0].mean(), "hit_analyze": hits[:, 1].mean(), "in_lesion": hits[:, 2].mean(), "hit_argmax": hits[:, 3].mean(),
-            "seconds": float(np.mean(seconds))}
+            "hit": hits[:, 0].mean(), "hit_analyze": hits[:, 1].mean(), "in_lesion": hits[:, 2].mean(),
+            "hit_argmax": hits[:, 3].mean(), "seconds": float(np.mean(seconds))}
 
 
 def main(argv=None) -> int:
