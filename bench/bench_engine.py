@@ -10,6 +10,9 @@ volume, paper-size models with random weights (BatchNorm statistics set from the
 respond to it; weights do not change the cost of fixed-step rows), one row per configuration:
 
   gd20       the paper preset: plain gradient descent, 2 targets x 20 steps, fp32 (fixed steps)
+  gd20_chunked  gd20 with the decoder in analyze's own chunks (``pipeline.decode_chunk_for``) on every
+             device: what ``acat analyze`` runs; on a CPU every row already chunks, on a GPU the other
+             rows run the decoder whole (faster, more memory)
   fista      FISTA with adaptive steps (counterfactual_options.FAST_SEARCH), fixed at the steps it needs to reach GD-20's
              objective on the trained bundles (7, --fista-steps)
   early      gradient descent + early stop at target probability 0.9 (<= 20 steps; analyze's default
@@ -52,9 +55,9 @@ EARLY_STOP = 0.9          # the early rows' target probability
 SIZES = {"lung": (128, 128), "brain": (400, 500)}
 QUICK_SIZES = {"lung": (64, 64), "brain": (96, 120)}
 BASE = {"lung": "lung_resnet50", "brain": "brain_mtl"}
-ROWS = ("gd20", "fista", "early", "early_fista", "bf16", "compile", "no_cl", "no_fuse", "reference", "ig50")
-DEFAULT_ROWS = ("gd20", "fista", "early", "early_fista", "reference", "ig50")
-STEPPED = ("gd20", "fista", "bf16", "compile", "no_cl", "no_fuse", "reference")
+ROWS = ("gd20", "gd20_chunked", "fista", "early", "early_fista", "bf16", "compile", "no_cl", "no_fuse", "reference", "ig50")
+DEFAULT_ROWS = ("gd20", "gd20_chunked", "fista", "early", "early_fista", "reference", "ig50")
+STEPPED = ("gd20", "gd20_chunked", "fista", "bf16", "compile", "no_cl", "no_fuse", "reference")
 
 
 # --------------------------------------------------------------------------------------- machine
@@ -180,7 +183,7 @@ class _Timed(torch.nn.Module):
 def row_options(row: str, steps: int, fista_steps: int, chunk) -> dict:
     from ACATCore.counterfactual_options import FAST_SEARCH, PAPER_SEARCH
     base = dict(steps=steps, decode_chunk=chunk)
-    return {"gd20": base, "no_cl": base, "no_fuse": {**base, "fuse": False},
+    return {"gd20": base, "gd20_chunked": base, "no_cl": base, "no_fuse": {**base, "fuse": False},
             "bf16": {**base, "precision": "bf16"}, "compile": {**base, "compile": True},
             "fista": dict(base, steps=min(fista_steps, steps), **FAST_SEARCH),
             "early": dict(base, steps=PAPER_STEPS, stop_at=EARLY_STOP, **PAPER_SEARCH),
@@ -229,7 +232,7 @@ def child(task: str, row: str, size, steps: int, fista_steps: int, flops: bool, 
     from ACATCore.pipeline import decode_chunk_for
     cuda = device.startswith("cuda")
     clf, ae, x = paper_models(task, size, channels_last=(row != "no_cl") and not cuda, device=device)
-    chunk = None if cuda else decode_chunk_for(x)
+    chunk = None if cuda and row != "gd20_chunked" else decode_chunk_for(x)
     out = {"task": task, "row": row, "size": list(size), "decode_chunk": chunk, "device": device}
     generate(clf, ae, x[:, :2], steps=1)                      # warm-up: allocator, kernels
     if row == "reference":
@@ -272,7 +275,7 @@ def extrapolated(r: dict, fista_steps: int) -> tuple:
     """(seconds at the row's full steps, extrapolated?): a fixed-step row run with fewer steps (the
     brain's ``--brain-steps``) is extended by its measured time per step."""
     full = fista_steps if r["row"] == "fista" else PAPER_STEPS
-    if r["row"] not in ("gd20", "fista", "bf16", "compile", "no_cl", "no_fuse", "reference") \
+    if r["row"] not in STEPPED \
             or r.get("steps") == full or not r.get("step_s"):
         return r["s"], False
     targets = 2 if r["row"] == "reference" else 1        # the reference runs its targets one by one
