@@ -20,6 +20,9 @@
    **Slabs** (``"slab": true``): instead of one slice, model slice ``s`` is the mean of the ``s``-th of
    S contiguous runs of slices (:func:`slab_ranges`), a thick slab, so one sampling sees every slice
    (a lesion cannot fall between samples, thin-slice noise is averaged) and ``offset`` is not used.
+   ``"slab_mean": "brain"`` (with brain extraction) averages each pixel over the slab's slices in
+   which it is brain only, so a slab at the brain's edge is not darkened by the slices in which that
+   pixel is skull or outside the head (the default ``"all"`` averages every slice, outside = ``lo``).
 3. **Window** ``[lo, hi]`` HU -> [0, 1] (clipped).
 4. **Resize** each slice (or its crop) to ``size`` = (H, W), bilinear (antialiased when shrinking), pixel-centre
    aligned (``align_corners=False``).
@@ -50,6 +53,7 @@ from .volume import Volume
 ORIENTATIONS = ("LPS-axial",)
 BOX_MARGIN = 0.06        # brain extraction: crop margin on each side, as a fraction of the brain's extent
 MIDLINES = ("center", "symmetry", None)
+SLAB_MEANS = ("all", "brain")
 
 
 # ------------------------------------------------------------------------------ orientation
@@ -166,8 +170,14 @@ def check_spec(spec: dict) -> dict:
         raise ConfigError(f"brain_extraction must be true or false, not {extraction!r}")
     if not isinstance(slab, bool):
         raise ConfigError(f"slab must be true or false, not {slab!r}")
-    return {"window": [lo, hi], "slices": S, "size": [H, W], "orientation": orientation, "midline": midline,
-            "brain_extraction": extraction, "slab": slab}
+    slab_mean = spec.get("slab_mean", "all")
+    if slab_mean not in SLAB_MEANS or (slab_mean == "brain" and not (slab and extraction)):
+        raise ConfigError(f"slab_mean {slab_mean!r}: use 'all', or 'brain' together with slab and brain_extraction")
+    out = {"window": [lo, hi], "slices": S, "size": [H, W], "orientation": orientation, "midline": midline,
+           "brain_extraction": extraction, "slab": slab}
+    if slab_mean != "all":          # cards written before the key keep their exact spec
+        out["slab_mean"] = slab_mean
+    return out
 
 
 def window(array, lo: float, hi: float) -> np.ndarray:
@@ -405,7 +415,7 @@ def prepare(volume: Volume, spec: dict, offset: float = 0.0, brain=None) -> Prep
         warnings.warn(message, stacklevel=2)
     slabs = first + slab_ranges(count, S) if spec["slab"] else None
     ks = (slabs[:, 0] + slabs[:, 1] - 1) // 2 if spec["slab"] else first + sample_slices(count, S, offset)
-    stack = _sampled_stack(canonical.array, lo, hi, ks, slabs, brain)
+    stack = _sampled_stack(canonical.array, lo, hi, ks, slabs, brain, spec.get("slab_mean", "all"))
     stack = _crop(stack, box, 0.0)
     stack = _resize(stack, (H, W), antialias=(H < box[1] - box[0] or W < box[3] - box[2]))
     midline = {"method": spec["midline"], "column": (W - 1) / 2.0, "shift_px": 0}
@@ -420,14 +430,21 @@ def prepare(volume: Volume, spec: dict, offset: float = 0.0, brain=None) -> Prep
                     offset=float(offset), midline=midline, warnings=notes, box=box, brain=brain, slabs=slabs)
 
 
-def _sampled_stack(array: np.ndarray, lo: float, hi: float, ks, slabs, brain) -> np.ndarray:
+def _sampled_stack(array: np.ndarray, lo: float, hi: float, ks, slabs, brain, slab_mean: str = "all") -> np.ndarray:
     """(S, J, I) windowed slices ``ks`` of the canonical ``array``, or the mean of each slab's windowed
-    slices; outside the brain (when ``brain`` is given) the window's lower value."""
+    slices (``slab_mean`` "brain": over the slices in which the pixel is brain); outside the brain (when
+    ``brain`` is given) the window's lower value."""
     def windowed(k):
         return window(np.where(brain.mask[k], array[k], lo) if brain is not None else array[k], lo, hi)
     if slabs is None:
         return windowed(ks)
-    return np.stack([windowed(np.arange(a, b)).mean(axis=0) for a, b in slabs])
+    if slab_mean == "all":
+        return np.stack([windowed(np.arange(a, b)).mean(axis=0) for a, b in slabs])
+    means = []
+    for a, b in slabs:           # outside every slice's brain: windowed value 0 (lo), count 0
+        count = brain.mask[a:b].sum(axis=0)
+        means.append(windowed(np.arange(a, b)).sum(axis=0) / np.maximum(count, 1))
+    return np.stack(means).astype(np.float32)
 
 
 class SliceMerger:

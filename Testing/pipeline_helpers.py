@@ -68,7 +68,9 @@ def make_bundle(folder, task: str = "lung", size=None, slices: int = 11, seed: i
 def _calibration_batch(preprocessing) -> torch.Tensor:
     from ACATCore.io import read_volume
     from ACATCore.preprocessing import prepare
-    x = prepare(read_volume(chest_ct_path()), preprocessing).tensor[None]
+    # the chest has no brain: BatchNorm statistics from it without brain extraction
+    spec = {k: v for k, v in preprocessing.items() if k not in ("brain_extraction", "slab_mean")}
+    x = prepare(read_volume(chest_ct_path()), spec).tensor[None]
     g = torch.Generator().manual_seed(1)
     return torch.cat([x, x.flip(-1), (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)])
 

@@ -249,6 +249,23 @@ def test_brain_head_ct_reports_territory_or_says_why(tmp_path):
         assert result.peak_territory in TERRITORIES
 
 
+def test_a_card_with_brain_only_slab_means_is_analysed_with_them(tmp_path):
+    """The card's ``slab_mean`` reaches the model input: the baseline probabilities analyze reports are
+    the classifier's on ``prepare`` with the card's spec, not on the plain slab mean."""
+    from ACATCore.data.synth import make_case
+    case = make_case("brain", 0, 0, 0, None, options={"acquisition": {"slice_mm": 5.0}})
+    head = Volume(case["image"], spacing=case["spacing"], origin=case["origin"])
+    extra = {"brain_extraction": True, "slab": True, "slab_mean": "brain"}
+    bundle = load_models(make_bundle(tmp_path / "brain", "brain", preprocessing_extra=extra), "cpu")
+    result = analyze(head, model=bundle, coverage="sampled", steps=1)
+    spec = bundle.card["preprocessing"]
+    for mean, same in (("brain", True), ("all", False)):
+        with torch.no_grad():
+            x = prepare(head, {**spec, "slab_mean": mean}).tensor[None]
+            p = torch.softmax(bundle.classifier(x), dim=1)[0].numpy()
+        assert np.allclose(p, result.baseline_probabilities, atol=1e-5) == same, (mean, p)
+
+
 def test_peak_territory_finds_the_lesion_territory():
     """A saliency peak placed inside a synthetic lesion is reported in that lesion's territory."""
     from ACATCore.data.synth import make_case

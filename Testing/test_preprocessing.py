@@ -4,8 +4,9 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from ACATCore.brain_extraction import BrainMask
 from ACATCore.errors import ConfigError
-from ACATCore.preprocessing import (SliceMerger, coverage_offsets, estimate_midline, prepare, sample_slices,
+from ACATCore.preprocessing import (SliceMerger, _sampled_stack, check_spec, coverage_offsets, estimate_midline, prepare, sample_slices,
                                     slab_ranges, to_canonical, window)
 from ACATCore.volume import Volume
 
@@ -182,6 +183,32 @@ def test_a_slab_slice_is_the_mean_of_its_windowed_slices_and_sees_every_slice():
     np.testing.assert_array_equal(p.slices_seen(), np.arange(30))
     point = prepare(v, {**SPEC, "window": [0, 1000]})
     assert len(point.slices_seen()) == 7 and p.offset == 0.0
+
+
+def test_a_brain_slab_mean_averages_only_the_slices_in_which_the_pixel_is_brain():
+    array = np.full((6, 4, 4), 40.0, np.float32)        # 40 HU everywhere: 0.5 in the window [0, 80]
+    mask = np.zeros((6, 4, 4), bool)
+    mask[:, :, :2] = True                               # columns 0-1: brain in every slice
+    mask[0, :, 2:] = True                               # columns 2-3: brain in slice 0 only
+    brain = BrainMask(mask, (0, 5), (0, 3, 0, 3), 1.0)
+    slabs = np.array([[0, 3], [3, 6]])
+    every = _sampled_stack(array, 0.0, 80.0, None, slabs, brain, "all")
+    only = _sampled_stack(array, 0.0, 80.0, None, slabs, brain, "brain")
+    np.testing.assert_allclose(every[0, :, :2], 0.5)
+    np.testing.assert_allclose(every[0, :, 2:], 0.5 / 3, rtol=1e-6)     # darkened by 2 non-brain slices
+    np.testing.assert_allclose(only[0], 0.5)                           # the brain's own value
+    np.testing.assert_allclose(only[1, :, :2], 0.5)
+    np.testing.assert_array_equal(only[1, :, 2:], 0.0)                 # brain in none of its slices
+
+
+def test_slab_mean_is_checked_and_old_specs_stay_as_they_were():
+    brain_spec = {**SPEC, "brain_extraction": True, "slab": True}
+    assert "slab_mean" not in check_spec(brain_spec)                   # cards without the key: unchanged
+    assert check_spec({**brain_spec, "slab_mean": "brain"})["slab_mean"] == "brain"
+    for bad in ({**brain_spec, "slab_mean": "median"}, {**SPEC, "slab": True, "slab_mean": "brain"},
+                {**SPEC, "brain_extraction": True, "slab_mean": "brain"}):
+        with pytest.raises(ConfigError, match="slab_mean"):
+            check_spec(bad)
 
 
 def test_slab_members_follow_a_flipped_slice_axis():

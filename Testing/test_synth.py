@@ -89,6 +89,17 @@ def test_generator_is_deterministic_and_seed_dependent(tmp_path):
                                           read_volume(tmp_path / "two" / item[key]).array)
 
 
+def test_cases_made_in_several_processes_are_the_same_files(tmp_path):
+    one = synth.generate("brain", n=4, seed=7, out_dir=tmp_path / "one")
+    two = synth.generate("brain", n=4, seed=7, out_dir=tmp_path / "two", workers=2)
+    assert one == two                                   # same items, same order, same split
+    for item in all_items(one):
+        for key in ("image", "mask", "regions"):
+            assert (tmp_path / "one" / item[key]).read_bytes() == (tmp_path / "two" / item[key]).read_bytes()
+    with pytest.raises(synth.ConfigError, match="workers"):
+        synth.generate("brain", n=1, seed=7, out_dir=tmp_path / "three", workers=0)
+
+
 def test_lung_cases(lung_set):
     out, datalist = lung_set
     items = all_items(datalist)

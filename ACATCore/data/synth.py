@@ -290,17 +290,52 @@ def make_case(task: str, seed: int, index: int, label: int, size_group=None, ret
     return make_lung_case(rng, label, return_clean, options["involvement"])
 
 
+def _write_case(task, seed, index, label, group, options, out: Path) -> dict:
+    """Make case ``index`` and write its image, mask and regions; its datalist item."""
+    case = make_case(task, seed, index, label, group, options=options)
+    name = f"{task}_{index:05d}"
+    paths = {key: f"{key}/{name}.nrrd" for key in ("images", "masks", "regions")}
+    for key, array_key in (("images", "image"), ("masks", "mask"), ("regions", "regions")):
+        _write(case[array_key], case["spacing"], case["origin"], case["direction"], out / paths[key])
+    item = {"case": name, "image": paths["images"], "label": int(label), "label_name": CLASS_NAMES[task][label],
+            "mask": paths["masks"], "regions": paths["regions"], "noise_hu": round(case["noise_hu"], 2),
+            "lesions": case["lesions"]}
+    if task == "brain":
+        item["territory"] = "+".join(les["territory"] for les in case["lesions"])
+        item["size_group"] = "+".join(les["size_group"] for les in case["lesions"])
+        item["acquisition"] = case["acquisition"]
+    else:
+        item["involvement"] = round(case["involvement"], 4)
+        item["size_group"] = lung_size_group(case["involvement"]) if label else ""
+        item["territory"] = ""
+    return item
+
+
+def _written_cases(jobs: list, workers: int):
+    """The datalist items of ``_write_case(*job)`` for every job, in order: in this process, or in
+    ``workers`` processes of one thread each."""
+    if workers <= 1:
+        yield from (_write_case(*job) for job in jobs)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        yield from pool.map(_write_case, *zip(*jobs))
+
+
 def generate(task: str = "brain", n: int = 10, seed: int = 0, out_dir=".", class_fractions=None,
-             progress=None, options=None) -> dict:
+             progress=None, options=None, workers: int = 1) -> dict:
     """Write ``n`` cases of ``task`` into ``out_dir`` and return the datalist (also in datalist.json).
 
     ``options`` (see ``DEFAULT_OPTIONS``) makes an easier or harder variant of the benchmark; they are
-    recorded in the datalist.
+    recorded in the datalist. ``workers`` > 1 makes the cases in that many processes: every case
+    depends only on (task, seed, index, label, size group, options), so the files are the same.
     """
     if task not in TASKS:
         raise ConfigError(f"task {task!r} unknown; use 'brain' or 'lung'")
     if int(n) < 1:
         raise ConfigError(f"n = {n}: give at least one case")
+    if int(workers) < 1:
+        raise ConfigError(f"workers = {workers}: give at least 1")
     options = check_options(task, options)
     n, seed = int(n), int(seed)
     out = Path(out_dir)
@@ -308,33 +343,15 @@ def generate(task: str = "brain", n: int = 10, seed: int = 0, out_dir=".", class
         (out / sub).mkdir(parents=True, exist_ok=True)
     class_names = CLASS_NAMES[task]
     labels = class_plan(n, len(class_names), seed, class_fractions)
+    groups = options["size_groups"] or SIZE_GROUPS
+    positives = np.cumsum([label > 0 for label in labels]) - 1
+    jobs = [(task, seed, index, label, groups[positives[index] % len(groups)]
+             if task == "brain" and label > 0 else None, options, out) for index, label in enumerate(labels)]
     items = []
-    positives = 0
-    for index, label in enumerate(labels):
-        group = None
-        if task == "brain" and label > 0:
-            groups = options["size_groups"] or SIZE_GROUPS
-            group = groups[positives % len(groups)]
-            positives += 1
-        case = make_case(task, seed, index, label, group, options=options)
-        name = f"{task}_{index:05d}"
-        paths = {key: f"{key}/{name}.nrrd" for key in ("images", "masks", "regions")}
-        for key, array_key in (("images", "image"), ("masks", "mask"), ("regions", "regions")):
-            _write(case[array_key], case["spacing"], case["origin"], case["direction"], out / paths[key])
-        item = {"case": name, "image": paths["images"], "label": int(label), "label_name": class_names[label],
-                "mask": paths["masks"], "regions": paths["regions"], "noise_hu": round(case["noise_hu"], 2),
-                "lesions": case["lesions"]}
-        if task == "brain":
-            item["territory"] = "+".join(les["territory"] for les in case["lesions"])
-            item["size_group"] = "+".join(les["size_group"] for les in case["lesions"])
-            item["acquisition"] = case["acquisition"]
-        else:
-            item["involvement"] = round(case["involvement"], 4)
-            item["size_group"] = lung_size_group(case["involvement"]) if label else ""
-            item["territory"] = ""
+    for item in _written_cases(jobs, int(workers)):
         items.append(item)
         if progress is not None:
-            progress(index + 1, n)
+            progress(len(items), n)
     datalist = {
         "name": f"ACAT-Synth {task}", "task": task, "seed": seed, "n": n, "version": GENERATOR_VERSION,
         "description": "synthetic lesions on real CT anatomy (ACATCore.data.synth)",
@@ -370,6 +387,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=100, help="number of cases")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--workers", type=int, default=1, help="processes making cases (same files)")
     parser.add_argument("--size-groups", nargs="+", metavar="IS-k",
                         help="brain: draw lesion sizes from these groups only (e.g. IS-3 IS-4)")
     parser.add_argument("--contrast", nargs=2, type=float, metavar=("LO", "HI"),
@@ -401,7 +419,8 @@ def main(argv=None) -> int:
         if done == total or done % 10 == 0:
             print(f"\r{done}/{total} cases", end="", file=sys.stderr, flush=True)
 
-    datalist = generate(args.task, args.n, args.seed, args.out, progress=progress, options=options)
+    datalist = generate(args.task, args.n, args.seed, args.out, progress=progress, options=options,
+                        workers=args.workers)
     seconds = time.perf_counter() - start
     print(f"\nwrote {args.n} {args.task} cases ({datalist['label_counts']}) to {args.out} "
           f"in {seconds:.1f} s; datalist: {Path(args.out) / 'datalist.json'}")
