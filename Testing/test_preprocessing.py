@@ -6,8 +6,8 @@ from scipy.spatial.transform import Rotation
 
 from ACATCore.brain_extraction import BrainMask
 from ACATCore.errors import ConfigError
-from ACATCore.preprocessing import (SliceMerger, _sampled_stack, check_spec, coverage_offsets, estimate_midline, prepare, sample_slices,
-                                    slab_ranges, to_canonical, window)
+from ACATCore.preprocessing import (SliceMerger, _sampled_stack, check_spec, coverage_offsets, estimate_midline,
+                                    prepare, sample_slices, slab_ranges, to_canonical, window)
 from ACATCore.volume import Volume
 
 SPEC = {"window": [-1000, 1000], "slices": 7, "size": [48, 40], "orientation": "LPS-axial", "midline": None}

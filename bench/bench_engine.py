@@ -55,7 +55,8 @@ EARLY_STOP = 0.9          # the early rows' target probability
 SIZES = {"lung": (128, 128), "brain": (400, 500)}
 QUICK_SIZES = {"lung": (64, 64), "brain": (96, 120)}
 BASE = {"lung": "lung_resnet50", "brain": "brain_mtl"}
-ROWS = ("gd20", "gd20_chunked", "fista", "early", "early_fista", "bf16", "compile", "no_cl", "no_fuse", "reference", "ig50")
+ROWS = ("gd20", "gd20_chunked", "fista", "early", "early_fista", "bf16", "compile", "no_cl", "no_fuse", "reference",
+        "ig50")
 DEFAULT_ROWS = ("gd20", "gd20_chunked", "fista", "early", "early_fista", "reference", "ig50")
 STEPPED = ("gd20", "gd20_chunked", "fista", "bf16", "compile", "no_cl", "no_fuse", "reference")
 
