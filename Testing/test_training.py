@@ -284,6 +284,44 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, toy_datalist):
     assert [r.split(",")[0] for r in rows[1:]] == [str(e) for e in range(epochs)]
 
 
+def _fit_with_scores(folder: Path, scores: list, validate_start: bool, margin: float = 0.0):
+    """loop.fit of a linear model whose validation scores are `scores` in turn (the start's first
+    when validate_start); returns (start weights, fitted weights, best metrics, best epoch, log epochs)."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    given = iter(scores)
+    stage = loop.Stage("toy", loss=lambda m, b, rt: (m(b["x"]) - 1).pow(2).mean(),
+                       validate=lambda m, d, rt: {"score": next(given)},
+                       get_batch=lambda d, pos, epoch: {"x": d[torch.as_tensor(pos)]})
+    hp = config.HyperParams(epochs=2, lr=0.1, weight_decay=0.0, lr_min=0.1, batch_size=4,
+                            validate_start=validate_start, start_margin=margin)
+    model, metrics, best = loop.fit(net, stage, {"train": torch.randn(8, 3), "val": None}, hp,
+                                    Runtime(device=torch.device("cpu"), progress=False), folder=folder,
+                                    seed=0, tensorboard=False)
+    epochs = [r.split(",")[0] for r in (folder / "log.csv").read_text().splitlines()[1:]]
+    return start, model.state_dict(), metrics, best, epochs
+
+
+def test_validate_start_keeps_the_starting_weights_unless_an_epoch_beats_them(tmp_path):
+    """acat.validate_start: the weights before training compete as epoch -1 (an identity-start ACAT's
+    are its baseline's), so fine-tuning that never beats them on validation changes nothing."""
+    start, fitted, metrics, best, epochs = _fit_with_scores(tmp_path / "kept", [0.9, 0.5, 0.9], True)
+    assert best == -1 and metrics == {"score": 0.9} and epochs == ["-1", "0", "1"]   # a tie keeps the start
+    assert all(torch.equal(fitted[k], start[k]) for k in start)
+    start, fitted, metrics, best, epochs = _fit_with_scores(tmp_path / "beaten", [0.5, 0.6, 0.9], True)
+    assert best == 1 and metrics == {"score": 0.9} and epochs == ["-1", "0", "1"]
+    assert not torch.equal(fitted["weight"], start["weight"])
+    start, fitted, metrics, best, epochs = _fit_with_scores(tmp_path / "near", [0.8, 0.81, 0.815], True, 0.02)
+    assert best == -1 and metrics == {"score": 0.8}                      # within the margin: the start stays
+    assert all(torch.equal(fitted[k], start[k]) for k in start)
+    start, fitted, metrics, best, epochs = _fit_with_scores(tmp_path / "clear", [0.8, 0.83, 0.821], True, 0.02)
+    assert best == 0 and metrics == {"score": 0.83}                      # beyond it: that epoch
+    start, fitted, metrics, best, epochs = _fit_with_scores(tmp_path / "off", [0.5, 0.4], False)
+    assert best == 0 and epochs == ["0", "1"]             # without it the first epoch is the floor
+    assert not torch.equal(fitted["weight"], start["weight"])
+
+
 def _ddp_worker(rank, world, port, cfg_path):
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})

@@ -98,7 +98,8 @@ def summary(path: Path) -> str:
         lines.append(f"| {name} | {len(rs)} | {mb:.1f} ({sb:.1f}) | {ma:.1f} ({sa:.1f}) | "
                      f"{(ta - tb).mean():+.1f} ({', '.join(f'{d:+.1f}' for d in ta - tb)}) | "
                      f"{get('val', 'acat', 'accuracy').mean():.1f} | "
-                     f"{get('test', 'acat', 'sensitivity').mean():.0f} / {get('test', 'acat', 'specificity').mean():.0f}% | "
+                     f"{get('test', 'acat', 'sensitivity').mean():.0f} / "
+                     f"{get('test', 'acat', 'specificity').mean():.0f}% | "
                      f"{get('test', 'baseline', 'sensitivity').mean():.0f} / "
                      f"{get('test', 'baseline', 'specificity').mean():.0f}% |")
     return "\n".join(lines)

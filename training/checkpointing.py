@@ -72,9 +72,13 @@ class Checkpoints:
                  "best_score": best[0], "best_epoch": best[1], "rng": rng_state(),
                  "metrics": metrics}
         if improved:
-            atomic_save({"stage": self.name, "seed": self.seed, "epoch": epoch, "model": weights,
-                         "metrics": metrics}, self.best)
+            self.save_best(epoch, model, metrics, weights)
         atomic_save(state, self.last)
+
+    def save_best(self, epoch: int, model, metrics: dict, weights=None):
+        """checkpoint_best.pt: the model's weights after `epoch` (-1: before training)."""
+        atomic_save({"stage": self.name, "seed": self.seed, "epoch": epoch,
+                     "model": model.state_dict() if weights is None else weights, "metrics": metrics}, self.best)
 
     def load_best(self, model) -> tuple:
         """(model with the best weights, their validation metrics, their epoch); the model as it is
@@ -98,7 +102,7 @@ class Logger:
         folder.mkdir(parents=True, exist_ok=True)
         if self.path.exists():          # keep the rows of epochs the checkpoint covers
             rows = list(csv.DictReader(self.path.open()))
-            rows = [r for r in rows if int(r["epoch"]) < start_epoch]
+            rows = [r for r in rows if int(r["epoch"]) < start_epoch] if start_epoch > 0 else []
             self._rewrite(rows)
         if tensorboard:
             try:

@@ -60,7 +60,9 @@ DEFAULTS = {
     "acat": {"model": None, "model_config": {}, "micro_batches": 1, "epochs": 100, "lr": 1e-5,
              "weight_decay": 5e-5,
              "lr_min": 1e-7, "batch_size": 8, "class_weighted": True, "flip": 0.5, "augment": None,
-             "init_from_baseline": True, "new_lr": None},   # new_lr: lr of the tensors not from the baseline
+             "init_from_baseline": True, "new_lr": None,   # new_lr: lr of the tensors not from the baseline
+             # validate_start: the start (identity-start ACAT = its baseline) is kept if no epoch beats it
+             "validate_start": False, "start_margin": 0.0},
     "competitors": [],                   # any of COMPETITORS, fine-tuned like ACAT (Table 2)
     "competitor_config": {},             # model name -> extra build_model config (e.g. vit sizes)
     "dropout_control": [],               # feature-dropout p values (Sec. 4.7), e.g. [0.2, 0.6]
@@ -91,6 +93,8 @@ class HyperParams:
     class_weighted: bool = False
     augment: Optional[dict] = None       # see training.augment.augment_batch
     new_lr: Optional[float] = None       # lr of the tensors a fine-tuned model did not take from the baseline
+    validate_start: bool = False         # the weights before training compete for the best on validation
+    start_margin: float = 0.0            # ... and an epoch replaces them only if it scores more than this higher
 
     @classmethod
     def from_config(cls, section: dict) -> "HyperParams":

@@ -112,13 +112,32 @@ def param_groups(model, hp: HyperParams) -> list:
             {"params": [p for n, p in named if n in fresh], "lr": hp.new_lr}]
 
 
+def validate_start(model, stage: Stage, splits: dict, hp: HyperParams, rt: Runtime, checkpoints: Checkpoints,
+                   logger: Logger) -> tuple:
+    """Validate the weights before any training (logged as epoch -1) and keep them as the best so far:
+    a fine-tuned model that no epoch improves on validation by more than hp.start_margin stays what it
+    started as (ACAT with the identity start: exactly its baseline). Returns (the score an epoch must
+    beat: the start's plus the margin, best epoch = -1)."""
+    metrics = {k: float(v) for k, v in stage.validate(model, splits["val"], rt).items()}
+    if rt.is_main:
+        logger.log(-1, {"train_loss": float("nan"), "lr": 0.0, **{f"val_{k}": v for k, v in metrics.items()},
+                        "seconds": 0.0})
+        checkpoints.save_best(-1, unwrap(model), metrics)
+        print(f"[{stage.name}] start " + " ".join(f"val_{k} {v:.4f}" for k, v in metrics.items()) + " *",
+              flush=True)
+    rt.barrier()
+    return metrics["score"] + hp.start_margin, -1
+
+
 def fit(model, stage: Stage, splits: dict, hp: HyperParams, rt: Runtime, *, folder: Path,
         seed: int, resume: bool = False, tensorboard: bool = True) -> tuple:
     """Train `model` for hp.epochs epochs on splits["train"], validating on splits["val"].
 
     Adam (lr, weight_decay), cosine annealing per epoch down to lr_min. Every epoch is logged and
     checkpointed in `folder` (training.checkpointing); resume=True continues from
-    checkpoint_last.pt. Returns (the best model on validation, its metrics, its epoch).
+    checkpoint_last.pt. hp.validate_start: the starting weights compete too (epoch -1, with a
+    handicap of hp.start_margin for every epoch).
+    Returns (the best model on validation, its metrics, its epoch).
     """
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -133,6 +152,8 @@ def fit(model, stage: Stage, splits: dict, hp: HyperParams, rt: Runtime, *, fold
     ddp = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
               find_unused_parameters=False) if rt.distributed else model
     logger = Logger(folder, rt.is_main, tensorboard, start)
+    if hp.validate_start and start == 0:
+        best_score, best_epoch = validate_start(ddp, stage, splits, hp, rt, checkpoints, logger)
     for epoch in range(start, hp.epochs):
         t0 = time.time()
         seed_everything(derive_seed("epoch", seed, epoch, rt.rank))
