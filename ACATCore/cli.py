@@ -290,6 +290,9 @@ def _analyze_one(source: Path, out: Path, args, options) -> int:
 def _print_result(result, out: Path):
     print(f"{result.predicted_class}: {result.probabilities[result.predicted_index]:.1%}   "
           + "  ".join(f"p({n})={p:.3f}" for n, p in zip(result.class_names, result.probabilities)))
+    base = result.baseline_probabilities
+    if base is not None and max(abs(float(a) - float(b)) for a, b in zip(result.probabilities, base)) < 1e-6:
+        print("ACAT gives its baseline's probabilities: its attention does not change this prediction")
     if result.peak_lps is not None:
         where = ", ".join(f"{v:.1f}" for v in result.peak_lps)
         terr = f", territory {result.peak_territory}" if result.peak_territory else ""
