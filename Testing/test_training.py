@@ -120,6 +120,10 @@ def test_bad_config_values_raise_config_error(tmp_path, toy_datalist):
         config.load_config(str(bad))
     with pytest.raises(ConfigError, match="unknown competitor"):
         config.load_config(overrides=['competitors=["resnet"]'])
+    with pytest.raises(ConfigError, match="acat.start_margin"):
+        config.load_config(overrides=["acat.start_margin=-0.1"])
+    with pytest.raises(ConfigError, match="acat.validate_start"):
+        config.load_config(overrides=['acat.validate_start="yes"'])
     rt = Runtime(device=torch.device("cpu"), world_size=2)
     with pytest.raises(ConfigError, match="multiple of processes"):
         loop.epoch_batches(10, 3, 0, 0, rt)

@@ -239,6 +239,11 @@ def _check_stage(stage: str, s: dict):
         raise ConfigError(f"{stage}.lr must be positive, not {s['lr']!r}")
     if s.get("new_lr") is not None and (not isinstance(s["new_lr"], (int, float)) or s["new_lr"] <= 0):
         raise ConfigError(f"{stage}.new_lr must be a positive number or null, not {s['new_lr']!r}")
+    if "validate_start" in s and not isinstance(s["validate_start"], bool):
+        raise ConfigError(f"{stage}.validate_start must be true or false, not {s['validate_start']!r}")
+    margin = s.get("start_margin", 0.0)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+        raise ConfigError(f"{stage}.start_margin is a validation-score margin in [0, 1), not {margin!r}")
     if not 0 <= s.get("flip", 0) <= 1:
         raise ConfigError(f"{stage}.flip is a probability in [0, 1], not {s['flip']!r}")
 

@@ -113,8 +113,8 @@ def train_acat(cfg: dict, seed: int, rt: Runtime, model: str = "acat", resume: b
     net, metrics = fit_classifier(net, model, cfg, hp, splits, rt, folder=folder, seed=seed,
                                   resume=resume, needs_saliency=needs_saliency)
     if metrics["best_epoch"] == -1:
-        rt.log(f"[{model}] no epoch beat the starting weights on validation: {model} keeps them "
-               "(best_epoch -1 in its card)")
+        rt.log(f"[{model}] no epoch beat the starting weights on validation by more than {hp.start_margin:g}: "
+               f"{model} keeps them (best_epoch -1 in its card)")
 
     saliency = {"method": cfg["saliency"]["method"], "options": cfg["saliency"]["options"],
                 "classifier": "baseline", "autoencoder": "autoencoder"}
