@@ -32,6 +32,7 @@ from .analysis_maps import SHOWN_SMOOTHING, check_smoothing
 from .counterfactual_options import FAST_SEARCH, FAST_STEPS, PAPER_SEARCH, PAPER_STEPS
 from .errors import ACATError, ConfigError, InputError, ModelFileError
 from .file_checks import DICOM_SUFFIXES, FILE_SUFFIXES, display_path
+from .result import SAME_AS_BASELINE_NOTE
 
 
 
@@ -290,9 +291,8 @@ def _analyze_one(source: Path, out: Path, args, options) -> int:
 def _print_result(result, out: Path):
     print(f"{result.predicted_class}: {result.probabilities[result.predicted_index]:.1%}   "
           + "  ".join(f"p({n})={p:.3f}" for n, p in zip(result.class_names, result.probabilities)))
-    base = result.baseline_probabilities
-    if base is not None and max(abs(float(a) - float(b)) for a, b in zip(result.probabilities, base)) < 1e-6:
-        print("ACAT gives its baseline's probabilities: its attention does not change this prediction")
+    if result.same_as_baseline:
+        print(SAME_AS_BASELINE_NOTE)
     if result.peak_lps is not None:
         where = ", ".join(f"{v:.1f}" for v in result.peak_lps)
         terr = f", territory {result.peak_territory}" if result.peak_territory else ""

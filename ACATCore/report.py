@@ -32,7 +32,7 @@ import numpy as np
 from .errors import ACATError, ConfigError
 from .file_checks import display_path
 from .outputs import AtomicFolder, atomic_write_text
-from .result import ATTENTION_NAMES, AnalysisResult
+from .result import ATTENTION_NAMES, SAME_AS_BASELINE_NOTE, AnalysisResult
 from .volume import Volume
 
 JSON_SCHEMA_VERSION = "1.0"
@@ -146,6 +146,7 @@ def result_to_json(result: AnalysisResult, files: dict | None = None) -> dict:
         "class_names": list(result.class_names),
         "probabilities": probs,
         "baseline_probabilities": base,
+        "same_as_baseline": result.same_as_baseline,
         "predicted_class": result.predicted_class,
         "predicted_probability": float(result.probabilities[result.predicted_index]),
         "counterfactual_classes": list(result.counterfactuals.keys()),
@@ -406,6 +407,7 @@ def _html(result: AnalysisResult, k: int, files: dict) -> str:
         ranges.append(f"{name} {float(a.min()):.3f}..{float(a.max()):.3f}")
     attention_ranges = "; ".join(ranges)
     src = settings.get("input_path") or result.input.metadata.get("source") or "array"
+    same = f"\n<p><b>{e(SAME_AS_BASELINE_NOTE)}.</b></p>" if result.same_as_baseline else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ACAT analysis</title>
 <style>body{{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em}}
@@ -421,7 +423,7 @@ Counterfactual search: {e(str((settings.get("search") or {}).get("optimizer", ""
 alpha {e(str(settings.get("alpha")))}, early stop {e(str(settings.get("early_stop")))};
 saliency shown smoothed in-plane by {e(str(settings.get("smoothing")))} model-grid pixels.</p>
 <h2>Prediction: {e(result.predicted_class)} ({result.probabilities[result.predicted_index]:.1%})</h2>
-<table><tr><th>class</th><th>ACAT</th><th>baseline</th></tr>{''.join(rows)}</table>
+<table><tr><th>class</th><th>ACAT</th><th>baseline</th></tr>{''.join(rows)}</table>{same}
 <p>Saliency peak: {peak}</p>
 <h2>Saliency and attention (slice k = {k})</h2>
 <p>(a) CT, (b) voxels at or above the 95th percentile of the saliency map, (c)-(f) ACAT spatial

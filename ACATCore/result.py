@@ -12,6 +12,7 @@ import numpy as np
 from .volume import Volume
 
 ATTENTION_NAMES = ("early", "middle", "late", "fused")
+SAME_AS_BASELINE_NOTE = "ACAT gives its baseline's probabilities: its attention does not change this prediction"
 
 
 @dataclass
@@ -40,3 +41,12 @@ class AnalysisResult:
     @property
     def predicted_class(self) -> str:
         return self.class_names[self.predicted_index]
+
+    @property
+    def same_as_baseline(self) -> bool:
+        """True when ACAT's probabilities equal its baseline classifier's (an ACAT whose gates are 0, as
+        one that kept its identity start): then its attention masks are not the reason for the prediction
+        (``SAME_AS_BASELINE_NOTE`` says so wherever the result is shown)."""
+        base = self.baseline_probabilities
+        return base is not None and bool(np.allclose(np.asarray(self.probabilities, dtype=np.float64),
+                                                     np.asarray(base, dtype=np.float64), rtol=0.0, atol=1e-6))

@@ -348,7 +348,7 @@ class ACATWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsCollapsibleButton.enabled = True
         self.ui.resultsCollapsibleButton.collapsed = False
         self.ui.exportCollapsibleButton.enabled = True
-        self.ui.predictedClassLabel.text = f"<b>{nodes.predicted_class}</b>"
+        self.ui.predictedClassLabel.text = nodes.prediction_label()
         table = self.ui.probabilityTableWidget
         rows = ACATLib.results.table_rows(nodes.probability_table)
         headers = [nodes.probability_table.GetColumnName(c)

@@ -312,17 +312,17 @@ def test_output_that_holds_the_input_is_refused_even_with_overwrite(bundle, tmp_
 def test_analyze_says_when_acat_gives_its_baselines_probabilities(tmp_path, capsys):
     """An ACAT that kept its start (the shipped brain bundle's) predicts as its baseline: the printed
     result says so, so nobody reads its attention masks as the reason; an ACAT that differs does not."""
-    from types import SimpleNamespace
     from ACATCore.cli import _print_result
-    note = "ACAT gives its baseline's probabilities"
+    from ACATCore.result import SAME_AS_BASELINE_NOTE, AnalysisResult
+    vol = Volume(array=np.zeros((2, 3, 3), np.float32))
     cases = (([0.1, 0.9], [0.1, 0.9], True), ([0.2, 0.8], [0.1, 0.9], False), ([0.1, 0.9], None, False))
     for acat, base, said in cases:
-        result = SimpleNamespace(class_names=["normal", "findings"], probabilities=np.array(acat),
-                                 baseline_probabilities=None if base is None else np.array(base),
-                                 predicted_class="findings", predicted_index=1, peak_lps=None,
-                                 slices_seen=[0], slice_weights=[1.0])
+        result = AnalysisResult(input=vol, class_names=["normal", "findings"], probabilities=np.array(acat),
+                                saliency=vol, attention={}, counterfactuals={}, slice_weights=np.ones(2),
+                                slices_seen=np.arange(2),
+                                baseline_probabilities=None if base is None else np.array(base))
         _print_result(result, tmp_path)
-        assert (note in capsys.readouterr().out) is said, (acat, base)
+        assert (SAME_AS_BASELINE_NOTE in capsys.readouterr().out) is said, (acat, base)
 
 
 def test_acat_alone_prints_usage_on_stderr(capsys):

@@ -63,6 +63,20 @@ def test_report_files_and_overlays(ct, tmp_path):
     assert np.array_equal(panels["counterfactual_findings"], base)    # no change: same as the CT
 
 
+def test_report_and_json_say_when_acat_gives_its_baselines_probabilities(ct, tmp_path):
+    """An ACAT whose probabilities equal its baseline's (gates 0): result.json and the report say that its
+    attention does not change the prediction; a differing ACAT, or one without a baseline, does not."""
+    from ACATCore.result import SAME_AS_BASELINE_NOTE
+    for base, same in (([0.3, 0.7], True), ([0.3 + 1e-9, 0.7 - 1e-9], True), ([0.4, 0.6], False), (None, False)):
+        result = synthetic_result(ct)
+        result.baseline_probabilities = None if base is None else np.array(base)
+        assert result.same_as_baseline is same, base
+        doc = result_to_json(result)
+        assert doc["same_as_baseline"] is same and validate_json(doc) == []
+        page = make_report(result, tmp_path / f"report_{same}_{base is None}").read_text()
+        assert (SAME_AS_BASELINE_NOTE in page.replace("&#x27;", "'")) is same, base
+
+
 def test_p95_panel_marks_exactly_the_top_voxels(ct):
     """Fig. 2b: only voxels at or above the 95th percentile of the saliency are coloured."""
     result = synthetic_result(ct)

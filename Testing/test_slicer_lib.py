@@ -606,6 +606,22 @@ def test_display_shows_outputs_in_the_slice_views(scene):
         display.jump_to_peak(scene, nodes)
 
 
+def test_the_panel_says_when_acat_gives_its_baselines_probabilities(scene):
+    """The probability table carries whether ACAT equals its baseline; the nodes found again from a saved
+    scene keep it, and the results panel's prediction line adds the note only then."""
+    from ACATCore.result import SAME_AS_BASELINE_NOTE
+    volume = make_volume()
+    ct = ACATLib.node_from_volume(scene, volume, "CT")
+    for base, same in (([0.1, 0.6, 0.2, 0.1], True), ([0.3, 0.3, 0.2, 0.2], False)):
+        result = make_result(volume)
+        result.baseline_probabilities = np.array(base)
+        nodes = ACATLib.result_to_nodes(scene, result, ct)
+        again = ACATLib.ResultNodes.from_scene(scene, nodes.saliency)
+        assert nodes.same_as_baseline is same and again.same_as_baseline is same
+        label = again.prediction_label()
+        assert label.startswith("<b>left</b>") and (SAME_AS_BASELINE_NOTE in label) is same
+
+
 def test_result_nodes_are_found_again_from_any_of_them(scene):
     """After a saved scene is loaded, the widget rebuilds the result set from the parameter node."""
     volume = make_volume()

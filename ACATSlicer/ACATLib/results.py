@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 import vtk
 
-from ACATCore.result import ATTENTION_NAMES, AnalysisResult
+from ACATCore.result import ATTENTION_NAMES, SAME_AS_BASELINE_NOTE, AnalysisResult
 from ACATCore.volume import Volume
 
 from .geometry import ijk_to_ras_matrix, set_node_array
@@ -60,8 +60,15 @@ class ResultNodes:
     peak_point: object = None
     folder_item: Optional[int] = None     # subject hierarchy folder holding the nodes (None: no hierarchy)
     predicted_class: str = ""
+    same_as_baseline: bool = False       # ACAT's probabilities equal its baseline's (SAME_AS_BASELINE_NOTE)
     class_names: list = field(default_factory=list)
     probabilities: Optional[np.ndarray] = None
+
+    def prediction_label(self) -> str:
+        """The results panel's prediction line (rich text): the class, and under it the note that
+        ACAT's attention does not change this prediction when ACAT gives its baseline's probabilities."""
+        note = f"<br><i>{SAME_AS_BASELINE_NOTE}</i>" if self.same_as_baseline else ""
+        return f"<b>{self.predicted_class}</b>{note}"
 
     @property
     def saliency(self):
@@ -140,6 +147,7 @@ class ResultNodes:
             out.class_names = [r[0] for r in rows]
             out.probabilities = np.array([r[1] for r in rows], dtype=np.float64)
             out.predicted_class = out.probability_table.GetAttribute("ACAT.predicted") or ""
+            out.same_as_baseline = out.probability_table.GetAttribute("ACAT.sameAsBaseline") == "true"
         return out
 
 
@@ -335,6 +343,7 @@ def _probability_table(scene, base: str, result: AnalysisResult):
                         np.asarray(result.baseline_probabilities, dtype=np.float64).ravel()))
     table = _table(scene, f"{base} ACAT probabilities", columns)
     table.SetAttribute("ACAT.predicted", result.predicted_class)
+    table.SetAttribute("ACAT.sameAsBaseline", "true" if result.same_as_baseline else "false")
     return table
 
 
@@ -489,6 +498,7 @@ def result_to_nodes(scene, result: AnalysisResult, input_node, threshold_percent
         remove_results(scene, input_node)
     base = name or input_node.GetName()
     out = ResultNodes(input_node=input_node, predicted_class=result.predicted_class,
+                      same_as_baseline=result.same_as_baseline,
                       class_names=list(result.class_names),
                       probabilities=np.asarray(result.probabilities, dtype=np.float64).ravel())
     if keep_saliency:
