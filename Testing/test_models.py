@@ -258,7 +258,7 @@ def _train_bn_stats(model, x, s=None):
     calibrate_batchnorm(model, [(b, s) if model.needs_saliency else b for b in batches])
 
 
-@pytest.mark.parametrize("pooling", [{}, {"pooling": "topk", "topk": 3}])
+@pytest.mark.parametrize("pooling", [{}, {"pooling": "topk", "topk": 3}, {"contralateral": True}])
 def test_brain_mtl_mirroring_swaps_left_and_right(pooling):
     torch.manual_seed(0)
     model = build_model("brain_mtl", **TINY_BRAIN, **pooling)
@@ -387,6 +387,43 @@ def test_paper_sizes():
         assert vit(x).shape == (1, 2)
         vit_brain = build_model("vit", backbone="brain")
         assert vit_brain.config["patch_size"] == 50 and vit_brain.config["image_size"] == [400, 500]
+
+
+def test_contralateral_branches_see_the_mirrored_other_side():
+    from ACATCore.models.common import split_hemispheres, split_hemispheres_contralateral
+    x = torch.rand(2, 1, 4, 6)
+    pairs, halves = split_hemispheres_contralateral(x), split_hemispheres(x)
+    assert pairs.shape == (4, 2, 4, 3)
+    assert torch.equal(pairs[:, :1], halves)                          # channel 0: the branch's own side
+    assert torch.equal(pairs[:2, 1:], torch.flip(x[..., 3:], [-1]))   # right branch: the left side, mirrored
+    assert torch.equal(pairs[2:, 1:], x[..., :3])                     # left branch: the right side
+    # a lesion on one side changes the other side's branch input too (the comparison), not its own channel
+    lesion = x.clone()
+    lesion[0, ..., 1, 0] -= 0.5                                        # first scan, patient's right, column 0
+    changed = (split_hemispheres_contralateral(lesion) != pairs).flatten(2).any(-1)
+    assert changed.tolist() == [[True, False], [False, False], [False, True], [False, False]]
+
+
+def test_contralateral_option_reaches_the_card_and_acat(tmp_path):
+    from ACATCore.checkpoint import load_model, save_model
+    torch.manual_seed(0)
+    base = build_model("brain_mtl", **TINY_BRAIN, contralateral=True).eval()
+    assert base.config["contralateral"] is True and base.trunk[0][0].in_channels == 2
+    assert "contralateral" not in build_model("brain_mtl", **TINY_BRAIN).config   # paper cards unchanged
+    x = torch.rand(2, 3, 1, 32, 64)
+    save_model(base, tmp_path / "m.safetensors")
+    loaded, card = load_model(tmp_path / "m.safetensors")
+    assert card["model_config"]["contralateral"] is True
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(x), base(x), atol=1e-6)
+        acat = build_model("acat_brain", **TINY_BRAIN, contralateral=True, start="identity")
+        kept = acat.init_from_baseline(base)                        # both branches take the 2-channel conv
+        assert not any(k.startswith(("trunk.", "sal_trunk.", "heads.")) for k in kept), kept
+        assert torch.allclose(acat.eval()(x, torch.rand_like(x)), base(x), atol=1e-5)
+    with pytest.raises(ConfigError, match="brain models only"):
+        build_model("acat_lung", contralateral=True, block_inplanes=[4, 4, 8, 8], layers=[1, 1, 1, 1])
+    with pytest.raises(ConfigError, match="true or false"):
+        build_model("brain_mtl", **TINY_BRAIN, contralateral="yes")
 
 
 def test_topk_pooling_keeps_local_evidence_that_the_mean_dilutes():

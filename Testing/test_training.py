@@ -213,6 +213,17 @@ def test_baseline_that_does_not_fit_is_refused(tmp_path, toy_datalist):
         cards.load_final(tmp_path / "seed0" / "baseline" / "model.safetensors", "baseline")
 
 
+def test_acat_takes_the_contralateral_option_from_its_baseline(tmp_path, toy_datalist):
+    from ACATCore.models import build_model
+    from training.train_acat import build_from_baseline
+    cfg = resolved(tiny_config(toy_datalist, tmp_path))
+    cfg["task"], cfg["acat"]["model"], cfg["acat"]["model_config"] = "brain", "acat_brain", {}
+    brain = build_model("brain_mtl", widths=[4, 4, 4, 4, 4, 4, 4], contralateral=True)
+    net, how = build_from_baseline(cfg, "acat", brain, {"task": "brain", "model_config": brain.config})
+    assert net.config["contralateral"] is True and "baseline weights" in how
+    assert torch.equal(net.sal_trunk[0][0].weight, brain.trunk[0][0].weight)   # both branches read 2 channels
+
+
 def test_competitors_start_from_the_baseline(tmp_path, toy_datalist):
     from ACATCore.models import build_model
     from training.train_acat import build_from_baseline

@@ -27,7 +27,7 @@ from training.config import COMPETITORS, HyperParams, base_parser, config_from_a
 from training.data import attach_saliency, load_splits, run_dir
 from training.runtime import Runtime, derive_seed, run_main, seed_everything, started
 
-TRUNK_KEYS = ("widths", "pool_layers", "block_inplanes", "layers")
+TRUNK_KEYS = ("widths", "pool_layers", "block_inplanes", "layers", "contralateral")
 
 
 def build_from_baseline(cfg: dict, model: str, baseline, baseline_card: dict):

@@ -42,15 +42,16 @@ class ACAT(SliceClassifier):
                  attention_pool: str = "max", attention_batchnorm: bool = False, fused_sigmoid: bool = True,
                  slice_attention: str = "shared", num_slices: int | None = None, slice_hidden: int = 64,
                  slice_dropout: float = 0.1, normalise_slice_weights: bool = True, pooling: str = "mean",
-                 topk: int = 8, start: str = "paper"):
-        super().__init__(backbone, num_classes=num_classes, dropout=dropout, pooling=pooling, topk=topk)
+                 topk: int = 8, start: str = "paper", contralateral: bool = False):
+        super().__init__(backbone, num_classes=num_classes, dropout=dropout, pooling=pooling, topk=topk,
+                         contralateral=contralateral)
         self.model_name = f"acat_{backbone}"
         opts = resolve_backbone(backbone, widths=widths, pool_layers=pool_layers,
                                 block_inplanes=block_inplanes, layers=layers)
         self._build_trunk(opts)
         self.attention_stages = ATTENTION_STAGES[backbone]
         # saliency branch: same architecture, only the stages that feed an attention module
-        sal_full = make_trunk(backbone, opts)
+        sal_full = make_trunk(backbone, opts, self.in_channels)  # the saliency map is split like the image
         self.sal_trunk = nn.ModuleList(list(sal_full)[: max(self.attention_stages) + 1])
         self.attention = nn.ModuleList(SpatialAttention(attention_pool, bool(attention_batchnorm))
                                        for _ in self.attention_stages)

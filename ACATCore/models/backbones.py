@@ -14,6 +14,11 @@ Option ``pooling="topk"`` (with ``topk``, default 8) replaces the global average
 channel's ``topk`` largest cells and (baselines) the slice mean by the slice maximum: local-evidence
 aggregation for lesions a few cells wide. The paper's mean pooling stays the default: on the brain demo
 data top-k measured worse (docs/RESULTS.md, ablations).
+
+Option ``contralateral=True`` (brain) gives each hemisphere branch a second input channel, the opposite
+hemisphere mirrored onto it (:func:`~.common.split_hemispheres_contralateral`): the branches stay shared
+and the heads unchanged, but a small hypodense region can be told from normal anatomy by comparing the
+two sides. The paper's one-channel branches stay the default (docs/RESULTS.md says what it measured).
 """
 from __future__ import annotations
 
@@ -117,7 +122,8 @@ class SliceClassifier(nn.Module):
     in_channels = 1  # channels the trunk reads
 
     def __init__(self, backbone: str, num_classes: int | None = None, dropout: float = 0.0,
-                 hemispheres: bool | None = None, pooling: str = "mean", topk: int = 8):
+                 hemispheres: bool | None = None, pooling: str = "mean", topk: int = 8,
+                 contralateral: bool = False):
         super().__init__()
         check_choice("backbone", backbone, ("brain", "lung"))
         check_choice("pooling", pooling, common.POOLINGS)
@@ -142,13 +148,18 @@ class SliceClassifier(nn.Module):
             raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
         self.dropout = float(dropout)
         self.merge: nn.Module = HemisphereMerge() if self.hemispheres else nn.Identity()
+        if contralateral not in (True, False):
+            raise ConfigError(f"contralateral must be true or false, got {contralateral!r}")
+        if contralateral and not self.hemispheres:
+            raise ConfigError("contralateral=True compares the two hemispheres: brain models only")
+        self.contralateral = bool(contralateral)
 
     # ---- built by subclasses -----------------------------------------------------------------------
     def _build_trunk(self, opts: dict, in_channels: int = 1) -> None:
         """Image trunk and heads from resolved backbone options (see :func:`resolve_backbone`)."""
         self.trunk_opts = opts
-        self.in_channels = in_channels
-        self.trunk = make_trunk(self.backbone, opts, in_channels)
+        self.in_channels = in_channels * (2 if self.contralateral else 1)
+        self.trunk = make_trunk(self.backbone, opts, self.in_channels)
         self._make_heads(trunk_channels(self.backbone, opts)[-1])
 
     def _base_config(self) -> dict:
@@ -158,6 +169,8 @@ class SliceClassifier(nn.Module):
         cfg["dropout"] = self.dropout
         if self.pooling != "mean":      # cards of mean-pooled (paper) models stay as they were
             cfg["pooling"], cfg["topk"] = self.pooling, self.topk
+        if self.contralateral:          # likewise: one-channel (paper) cards do not name it
+            cfg["contralateral"] = True
         return cfg
 
     def _make_heads(self, features: int) -> None:
@@ -191,8 +204,11 @@ class SliceClassifier(nn.Module):
                               f"{self.model_name} ({'each hemisphere' if self.hemispheres else 'each slice'})")
 
     def _to_trunk_input(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, S, C, H, W) -> (B*S, C, H, W), or (2*B*S, C, H, W/2) hemispheres for the brain."""
+        """(B, S, C, H, W) -> (B*S, C, H, W), or (2*B*S, C, H, W/2) hemispheres for the brain
+        ((2*B*S, 2C, H, W/2) with ``contralateral``: each half and the mirrored opposite half)."""
         t = fold(t)
+        if self.contralateral:
+            return common.split_hemispheres_contralateral(t)
         return common.split_hemispheres(t) if self.hemispheres else t
 
     # ---- the pass --------------------------------------------------------------------------------------
@@ -277,8 +293,9 @@ class BrainMTL(SliceClassifier):
 
     model_name = "brain_mtl"
 
-    def __init__(self, widths=None, pool_layers=None, dropout: float = 0.0, pooling: str = "mean", topk: int = 8):
-        super().__init__("brain", dropout=dropout, pooling=pooling, topk=topk)
+    def __init__(self, widths=None, pool_layers=None, dropout: float = 0.0, pooling: str = "mean", topk: int = 8,
+                 contralateral: bool = False):
+        super().__init__("brain", dropout=dropout, pooling=pooling, topk=topk, contralateral=contralateral)
         self._build_trunk(resolve_backbone("brain", widths=widths, pool_layers=pool_layers))
         self.config = self._base_config()
 

@@ -122,6 +122,15 @@ def split_hemispheres(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([right, left], dim=0)
 
 
+def split_hemispheres_contralateral(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (2N, 2C, H, W/2): :func:`split_hemispheres`, each half followed by the opposite half
+    mirrored onto it (channels [this side, other side]): the shared branch compares a hemisphere with its
+    mirror image pixel by pixel, as a reader compares the two sides for a hypodense region."""
+    halves = split_hemispheres(x)
+    n = halves.shape[0] // 2
+    return torch.cat([halves, torch.cat([halves[n:], halves[:n]], dim=0)], dim=1)
+
+
 def merge_hemispheres(t: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`split_hemispheres` for feature maps: (2N, C, h, w) -> (N, C, h, 2w), the left
     half mirrored back, so the map is aligned with the input slice."""
