@@ -16,7 +16,8 @@
 2. **Slice sampling**: S slices, evenly spaced and centred: slice ``s`` sits at the continuous
    position ``(s + 0.5 + o) * K / S - 0.5`` of the K canonical slices, rounded, with ``o = offset`` for
    ``offset < 0.5`` and ``offset - 1`` otherwise. ``offset = 0`` is the centred grid; the offsets of
-   :func:`coverage_offsets` together see every slice. With fewer than S slices, slices repeat (warned).
+   :func:`coverage_offsets` together see every slice. With fewer than S slices, slices repeat (warned;
+   with slabs, below S / 2).
    **Slabs** (``"slab": true``): instead of one slice, model slice ``s`` is the mean of the ``s``-th of
    S contiguous runs of slices (:func:`slab_ranges`), a thick slab, so one sampling sees every slice
    (a lesion cannot fall between samples, thin-slice noise is averaged) and ``offset`` is not used.
@@ -133,6 +134,16 @@ def slab_ranges(num_slices: int, S: int) -> np.ndarray:
     a = np.floor(np.arange(S) * num_slices / S).astype(np.int64)
     b = np.maximum(a + 1, np.floor(np.arange(1, S + 1) * num_slices / S).astype(np.int64))
     return np.stack([a, b], axis=1)
+
+
+def _few_slices_note(count: int, S: int, spec: dict) -> str:
+    """The warning for a volume (or brain) of fewer slices than the model reads. Slabs of single slices
+    are what thick-slice scans give a many-slab model (trained so), so with slabs only fewer than S / 2
+    slices, each used more than twice, is warned."""
+    where = "brain spans" if spec["brain_extraction"] else "volume has"
+    if spec["slab"]:
+        return f"the {where} {count} slices, fewer than half the model's {S} slabs: slices are used 3+ times"
+    return f"the {where} {count} slices, fewer than the model's {S}: some slices are used twice"
 
 
 def coverage_offsets(num_slices: int, S: int) -> list:
@@ -408,11 +419,9 @@ def prepare(volume: Volume, spec: dict, offset: float = 0.0, brain=None) -> Prep
             brain = extract_brain(canonical.array, canonical.spacing)
         first, count = brain.slices[0], brain.slices[1] - brain.slices[0] + 1
         box = brain_box(brain, canonical.spacing, (H, W))
-    if count < S:
-        message = (f"the {'brain spans' if spec['brain_extraction'] else 'volume has'} {count} slices, fewer "
-                   f"than the model's {S}: some slices are used twice")
-        notes.append(message)
-        warnings.warn(message, stacklevel=2)
+    if count < (S / 2 if spec["slab"] else S):
+        notes.append(_few_slices_note(count, S, spec))
+        warnings.warn(notes[-1], stacklevel=2)
     slabs = first + slab_ranges(count, S) if spec["slab"] else None
     ks = (slabs[:, 0] + slabs[:, 1] - 1) // 2 if spec["slab"] else first + sample_slices(count, S, offset)
     stack = _sampled_stack(canonical.array, lo, hi, ks, slabs, brain, spec.get("slab_mean", "all"))

@@ -1,4 +1,6 @@
 """Preprocessing: orientation, slice sampling, window/resize/midline, and the inverse mapping."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -53,6 +55,20 @@ def test_fewer_slices_than_asked_repeat_with_a_warning():
     assert sorted(set(p.slice_indices.tolist())) == [0, 1, 2, 3, 4]
     assert p.warnings and "used twice" in p.warnings[0]
     np.testing.assert_array_equal(p.slices_seen(), [0, 1, 2, 3, 4])
+
+
+def test_slabs_of_single_slices_are_not_warned_until_fewer_than_half_the_slabs():
+    """A thick-slice head gives a many-slab model one slice a slab (some twice): what it was trained on,
+    so not warned; fewer than half (slices used three or more times) is."""
+    spec = {**SPEC, "slab": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = prepare(linear_volume(np.eye(3), shape=(5, 20, 20)), {**spec, "slices": 9})
+    assert p.warnings == [] and (p.slabs[:, 1] - p.slabs[:, 0] == 1).all()
+    assert sorted(set(p.slabs[:, 0].tolist())) == [0, 1, 2, 3, 4]
+    with pytest.warns(UserWarning, match="fewer than half the model's 11 slabs"):
+        p = prepare(linear_volume(np.eye(3), shape=(5, 20, 20)), {**spec, "slices": 11})
+    assert "3+ times" in p.warnings[0]
 
 
 def test_output_contract_and_window():
