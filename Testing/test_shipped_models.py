@@ -94,8 +94,8 @@ def test_shipped_brain_classifier_finds_territorial_infarcts_on_unseen_heads():
 
 def test_shipped_brain_acat_that_kept_its_start_computes_its_baseline():
     """The brain bundles of 2026-12-04 and 2026-12-05 were fine-tuned with acat.validate_start and no epoch
-    beat its start by the margin, so the card says best_epoch -1: then its gates are shut and, whatever map it reads, ACAT
-    gives its baseline's probabilities (docs/RESULTS.md, "ACAT that keeps its start")."""
+    beat its start by the margin, so the card says best_epoch -1: then its gates are shut and, whatever map it
+    reads, ACAT gives its baseline's probabilities (docs/RESULTS.md, "ACAT that keeps its start")."""
     bundle = load_bundle("brain")
     # a bundle whose ACAT left its start fails here: then test what its fine-tuning gained instead
     assert bundle.card["metrics"]["best_epoch"] == -1, bundle.card["metrics"]

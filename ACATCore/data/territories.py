@@ -98,13 +98,18 @@ def brain_frame(mask: np.ndarray, spacing) -> tuple:
     return centre, rotation
 
 
-def aligned_coordinates(mask: np.ndarray, spacing) -> tuple:
-    """(u, v, w) full grids as :func:`normalised_coordinates`, in the brain's frame (:func:`brain_frame`)."""
+def aligned_coordinates(mask: np.ndarray, spacing, points=None) -> tuple:
+    """(u, v, w) full grids as :func:`normalised_coordinates`, in the brain's frame (:func:`brain_frame`);
+    with ``points`` ((N, 3) voxel indices k, j, i) the (N,) coordinates of those points only."""
     centre, rotation = brain_frame(mask, spacing)
     sp = np.asarray(spacing, float)[::-1]
-    grids = np.meshgrid(*(np.arange(n) * sp[a] - centre[a] for a, n in enumerate(mask.shape)), indexing="ij")
-    q = [sum(grids[a] * rotation[a, b] for a in range(3)) for b in range(3)]      # (k, j, i) in the frame
-    lo, hi = [x[mask].min() for x in q], [x[mask].max() for x in q]
+    inside = (np.argwhere(mask) * sp - centre) @ rotation            # (k, j, i) of the brain in the frame
+    lo, hi = inside.min(axis=0), inside.max(axis=0)
+    if points is None:
+        grids = np.meshgrid(*(np.arange(n) * sp[a] - centre[a] for a, n in enumerate(mask.shape)), indexing="ij")
+        q = [sum(grids[a] * rotation[a, b] for a in range(3)) for b in range(3)]
+    else:
+        q = list(((np.asarray(points, float).reshape(-1, 3) * sp - centre) @ rotation).T)
     mid = (lo[2] + hi[2]) / 2.0
     u = (q[2] - mid) / max(mid - lo[2], hi[2] - mid, 1e-6)
     v = (q[1] - lo[1]) / max(hi[1] - lo[1], 1e-6)
@@ -122,17 +127,23 @@ def territory_map(brain_mask: np.ndarray, midline_column: float | None = None, s
         u, v, w = aligned_coordinates(mask, spacing)
     else:
         u, v, w = normalised_coordinates(mask, midline_column)
+    return _labels(u, v, w, mask)
+
+
+def _labels(u, v, w, inside) -> np.ndarray:
+    """uint8 territory labels of coordinates (u, v, w) (broadcast together with ``inside``), by the rules."""
     au = np.abs(u)
     infratentorial = ((v > 0.55) & (w < 0.38)) | ((v > 0.45) & (w < 0.22))
     pca_occipital = v > 0.75
     aca = (au < 0.30) & (v < 0.65) & (w > 0.42)
     pca_medial = (au < 0.45) & (v > 0.45) & (v <= 0.75) & (w < 0.48)
-    kind = np.full(mask.shape, 1, dtype=np.uint8)      # 1 MCA, 2 ACA, 3 PCA (per side below)
+    shape = np.broadcast(u, v, w, inside).shape
+    kind = np.full(shape, 1, dtype=np.uint8)           # 1 MCA, 2 ACA, 3 PCA (per side below)
     kind = np.where(pca_medial, 3, kind)
     kind = np.where(aca, 2, kind)
     kind = np.where(pca_occipital, 3, kind)
-    kind = np.where(infratentorial | ~mask, 0, kind).astype(np.uint8)
-    right = np.broadcast_to(u < 0, mask.shape)
+    kind = np.where(infratentorial | ~np.asarray(inside, bool), 0, kind).astype(np.uint8)
+    right = np.broadcast_to(u < 0, shape)
     # label = 1 + index in TERRITORIES: MCA_left 1, MCA_right 2, ACA_left 3, ACA_right 4, PCA_left 5, PCA_right 6
     labels = np.where(kind > 0, 2 * (kind.astype(np.int16) - 1) + 1 + right, 0)
     return labels.astype(np.uint8)
@@ -180,7 +191,9 @@ def peak_territory(volume, peak_index, brain=None) -> tuple:
     if not mask[tuple(c)]:
         return None, "vascular territory not reported: the saliency peak lies outside the brain"
     try:
-        name = territory_at(territory_map(mask, spacing=canonical.spacing), c)
+        u, v, w = aligned_coordinates(mask, canonical.spacing, points=[c])     # the peak only, not the map
+        value = int(_labels(u, v, w, True)[0])
+        name = TERRITORIES[value - 1] if value > 0 else None
         if name is None:
             return None, "the saliency peak lies in the posterior fossa, outside the six vascular territories"
         return name, None
