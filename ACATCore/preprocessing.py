@@ -139,10 +139,10 @@ def slab_ranges(num_slices: int, S: int) -> np.ndarray:
 def _few_slices_note(count: int, S: int, spec: dict) -> str:
     """The warning for a volume (or brain) of fewer slices than the model reads. Slabs of single slices
     are what thick-slice scans give a many-slab model (trained so), so with slabs only fewer than S / 2
-    slices, each used more than twice, is warned."""
+    slices (some used three or more times) is warned."""
     where = "brain spans" if spec["brain_extraction"] else "volume has"
     if spec["slab"]:
-        return f"the {where} {count} slices, fewer than half the model's {S} slabs: slices are used 3+ times"
+        return f"the {where} {count} slices, fewer than half the model's {S} slabs: some slices are used 3+ times"
     return f"the {where} {count} slices, fewer than the model's {S}: some slices are used twice"
 
 

@@ -48,14 +48,14 @@ def test_anisotropic_voxels_are_measured_in_mm():
 
 def test_the_peaks_territory_is_the_maps_label_at_the_peak():
     """analyze names the peak's territory from that one point (not the whole map): the same answer as the
-    full label map at that voxel, for every brain voxel of a yawed, tilted head with thick slices."""
-    from ACATCore.data.territories import TERRITORIES, _labels, aligned_coordinates
+    full label map at that voxel, for every voxel (brain or not) of a yawed, tilted head with thick slices."""
+    from ACATCore.data.territories import TERRITORIES, labels_at
     mask = ndimage.rotate(yawed(ellipsoid_brain().astype(np.uint8), 12.0), 8.0, axes=(0, 1), reshape=False,
                           order=0)[::3] > 0
     spacing = (1.0, 1.0, 3.0)
     full = territory_map(mask, spacing=spacing)
-    points = np.argwhere(mask)
-    u, v, w = aligned_coordinates(mask, spacing, points=points)
-    at_points = _labels(u, v, w, True)
+    points = np.argwhere(np.ones(mask.shape, bool))
+    at_points = labels_at(mask, spacing, points)
     np.testing.assert_array_equal(at_points, full[tuple(points.T)])
-    assert set(np.unique(at_points)) >= set(range(1, len(TERRITORIES) + 1))    # all six occur
+    assert set(np.unique(at_points[mask[tuple(points.T)]])) >= set(range(1, len(TERRITORIES) + 1))  # all six
+    assert not at_points[~mask[tuple(points.T)]].any()                          # outside the brain: 0

@@ -149,10 +149,22 @@ def _labels(u, v, w, inside) -> np.ndarray:
     return labels.astype(np.uint8)
 
 
+def labels_at(brain_mask: np.ndarray, spacing, points) -> np.ndarray:
+    """(N,) uint8 labels at voxels ``points`` ((N, 3) k, j, i), the values ``territory_map(brain_mask,
+    spacing=spacing)`` has there, without making the whole map (``analyze`` names one peak)."""
+    mask = np.asarray(brain_mask, dtype=bool)
+    points = np.asarray(points, dtype=np.int64).reshape(-1, 3)
+    u, v, w = aligned_coordinates(mask, spacing, points=points)
+    return _labels(u, v, w, mask[tuple(points.T)])
+
+
+def _name(label: int) -> str | None:
+    return TERRITORIES[label - 1] if label > 0 else None
+
+
 def territory_at(labels: np.ndarray, index_kji) -> str | None:
     """Territory name at voxel ``(k, j, i)`` of a territory label map, or None."""
-    value = int(labels[tuple(int(round(x)) for x in index_kji)])
-    return TERRITORIES[value - 1] if value > 0 else None
+    return _name(int(labels[tuple(int(round(x)) for x in index_kji)]))
 
 
 def territory_volume(volume):
@@ -191,9 +203,7 @@ def peak_territory(volume, peak_index, brain=None) -> tuple:
     if not mask[tuple(c)]:
         return None, "vascular territory not reported: the saliency peak lies outside the brain"
     try:
-        u, v, w = aligned_coordinates(mask, canonical.spacing, points=[c])     # the peak only, not the map
-        value = int(_labels(u, v, w, True)[0])
-        name = TERRITORIES[value - 1] if value > 0 else None
+        name = _name(int(labels_at(mask, canonical.spacing, [c])[0]))
         if name is None:
             return None, "the saliency peak lies in the posterior fossa, outside the six vascular territories"
         return name, None
