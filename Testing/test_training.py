@@ -299,6 +299,49 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, toy_datalist):
     assert [r.split(",")[0] for r in rows[1:]] == [str(e) for e in range(epochs)]
 
 
+def test_channels_last_training_gives_the_contiguous_weights_to_float_rounding(tmp_path):
+    cl = torch.channels_last
+    weights, formats = {}, {}
+    for flag in (True, False):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(2, 8, 3, padding=1), torch.nn.ReLU(),
+                                  torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
+                                  torch.nn.Flatten(), torch.nn.Linear(8, 1))
+        seen = formats.setdefault(flag, [])
+
+        def loss(m, b, rt, seen=seen):
+            seen.append(m[2].weight.is_contiguous(memory_format=cl) and not m[2].weight.is_contiguous())
+            return (m(b["x"]) - 1).pow(2).mean()
+        stage = loop.Stage("toy", loss=loss, validate=lambda m, d, rt: {"score": 0.0},
+                           get_batch=lambda d, pos, epoch: {"x": d[torch.as_tensor(pos)]})
+        hp = config.HyperParams(epochs=2, lr=1e-3, weight_decay=0.0, lr_min=1e-3, batch_size=4)
+        data = torch.randn(8, 2, 16, 16, generator=torch.Generator().manual_seed(1))
+        model, _, _ = loop.fit(net, stage, {"train": data, "val": None}, hp,
+                               Runtime(device=torch.device("cpu"), progress=False, channels_last=flag),
+                               folder=tmp_path / str(flag), seed=0, tensorboard=False)
+        weights[flag] = {k: v.clone() for k, v in model.state_dict().items()}
+    assert formats[True] and all(formats[True]) and not any(formats[False])
+    # Adam moves a weight whose gradient is near zero by up to lr (1e-3) a step whatever its size,
+    # so rounding can move such a weight by about lr; a wrong layout would move every weight
+    for k, w in weights[False].items():
+        torch.testing.assert_close(weights[True][k], w, rtol=1e-3, atol=1e-3, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_channels_last_is_the_cpu_default_and_spares_training_strided_1x1_convolutions(tmp_path, toy_datalist):
+    cl = torch.channels_last
+    for flag in (True, False):
+        rt = setup_runtime(resolved(tiny_config(toy_datalist, tmp_path, runtime={"channels_last": flag})))
+        assert rt.channels_last is flag
+    assert setup_runtime(resolved(tiny_config(toy_datalist, tmp_path))).channels_last
+    rt = Runtime(device=torch.device("cpu"), channels_last=True)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(6, 12, 3, stride=2), torch.nn.Conv2d(12, 12, 1))
+    strided = torch.nn.Sequential(torch.nn.Conv2d(6, 12, 3), torch.nn.Conv2d(12, 12, 1, stride=2))
+    assert rt.place(plain, trains=True)[0].weight.is_contiguous(memory_format=cl)
+    assert rt.place(strided, trains=True)[0].weight.is_contiguous()       # crashes oneDNN's weight gradient
+    assert not rt.place(strided)[0].weight.is_contiguous()                # no weight gradient: channels-last
+    assert rt.place(strided)[0].weight.is_contiguous(memory_format=cl)
+
+
 def _fit_with_scores(folder: Path, scores: list, validate_start: bool, margin: float = 0.0):
     """loop.fit of a linear model whose validation scores are `scores` in turn (the start's first
     when validate_start); returns (start weights, fitted weights, best metrics, best epoch, log epochs)."""

@@ -73,7 +73,7 @@ def ablate(cfg: dict, base_cfg: dict, seed: int, rt, name: str) -> dict:
     attach_saliency(cfg, seed, splits, root=root)
     baseline, _ = load_final(run_dir(cfg, seed) / "baseline" / "model.safetensors", "baseline")
     acat, _ = load_final(root / "acat" / "model.safetensors", "ACAT")
-    baseline, acat = baseline.to(rt.device), acat.to(rt.device)
+    baseline, acat = rt.place(baseline), rt.place(acat)
     record = {"name": name, "seed": seed, "task": cfg["task"], "saliency": cfg["saliency"]["options"],
               "acat": {k: cfg["acat"][k] for k in ("epochs", "lr")}}
     for split in ("val", "test"):

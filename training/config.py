@@ -71,7 +71,7 @@ DEFAULTS = {
                  "saliency_splits": ["test"],   # held-out splits whose positive cases are scored
                  "saliency_with_acat": True, "max_saliency_cases": 60, "noise_std": 1.0,
                  "variance_cases": 16},
-    "runtime": {"device": "auto", "bf16": True, "num_workers": 0, "threads": None,
+    "runtime": {"device": "auto", "bf16": True, "channels_last": True, "num_workers": 0, "threads": None,
                 "deterministic": True, "tensorboard": True, "progress": True},
 }
 

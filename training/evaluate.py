@@ -59,7 +59,7 @@ def predict_folder(cfg, rt, seed, root: Path, splits, out: Path, n_train=None) -
     sizes = np.load(test.cache / "size.npy")
     for key, folder in _model_dirs(root):
         model, _ = load_final(folder / "model.safetensors", key)
-        model = model.to(rt.device)
+        model = rt.place(model)
         needs = bool(getattr(model, "needs_saliency", False))
         if needs and test.saliency is None:
             attach_saliency(cfg, seed, splits, root=root)
@@ -131,11 +131,11 @@ def _saliency_models(cfg, rt, seed, root: Path, have_maps: bool) -> SaliencyMode
     the configured ones, plus ACAT's training maps and ACAT as classifier when the maps exist."""
     base, _ = load_final(root / "baseline" / "model.safetensors", "baseline")
     ae, _ = load_final(run_dir(cfg, seed) / "autoencoder" / "model.safetensors", "autoencoder")
-    models = SaliencyModels(base.to(rt.device).eval(), ae.to(rt.device).eval(),
+    models = SaliencyModels(rt.place(base).eval(), rt.place(ae).eval(),
                             methods=list(cfg["evaluate"]["saliency_methods"]))
     if cfg["evaluate"]["saliency_with_acat"] and (root / "acat" / "model.safetensors").exists():
         acat, _ = load_final(root / "acat" / "model.safetensors", "acat")
-        models.acat = acat.to(rt.device).eval()
+        models.acat = rt.place(acat).eval()
     if have_maps:
         models.methods.append("counterfactual_agnostic")
         if models.acat is not None:
@@ -222,7 +222,7 @@ def variance_records(cfg, rt, seed, root: Path, splits) -> list:
     out = []
     for key in ("baseline", "acat"):
         model, _ = load_final(root / key / "model.safetensors", key)
-        model = model.to(rt.device).eval()
+        model = rt.place(model).eval()
         batches = []
         for start in range(0, n, 4):
             b = test.get(np.arange(start, min(n, start + 4)), with_saliency=key == "acat")

@@ -142,7 +142,7 @@ def fit(model, stage: Stage, splits: dict, hp: HyperParams, rt: Runtime, *, fold
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     folder.mkdir(parents=True, exist_ok=True)
-    model = model.to(rt.device)
+    model = rt.place(model, trains=True)
     opt = torch.optim.Adam(param_groups(model, hp), lr=hp.lr, weight_decay=hp.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.epochs, eta_min=hp.lr_min)
     checkpoints = Checkpoints(folder, stage.name, seed)

@@ -83,7 +83,7 @@ def make_saliency(cfg: dict, seed: int, rt: Runtime, root=None, classifier_path=
     autoencoder_path = autoencoder_path or run_dir(cfg, seed) / "autoencoder" / "model.safetensors"
     clf, _ = load_final(classifier_path, "baseline classifier")
     ae, _ = load_final(autoencoder_path, "autoencoder")
-    clf, ae = clf.to(rt.device).eval(), ae.to(rt.device).eval()
+    clf, ae = rt.place(clf).eval(), rt.place(ae).eval()
     splits = splits or load_splits(cfg, rt, seed)
     for name, ds in splits.items():
         parts = out / "parts" / name

@@ -40,7 +40,7 @@ def main(argv=None):
     with started(cfg) as rt:
         model, _ = load_final(Path(args.model), "classifier")
         ds = load_splits(cfg, rt, args.seed)[args.split]
-        p, y = predictions(model.to(rt.device).eval(), ds, rt.device), ds.labels
+        p, y = predictions(rt.place(model).eval(), ds, rt.device), ds.labels
     size = np.load(ds.cache / "size.npy")[ds.indices]
     print(f"{args.model}: {args.split} accuracy {100 * (p == y).mean():.1f}% ({(p == y).sum()}/{len(y)})")
     for g in np.unique(size):
