@@ -27,28 +27,27 @@ from training.config import TASK_DEFAULTS, HyperParams, load_config
 from training.data import attach_saliency, load_splits, run_dir
 from training.loop import train_step
 from training.make_saliency import saliency_maps
-from training.runtime import _has_strided_1x1, started
+from training.runtime import has_strided_1x1, started
 from training.train_autoencoder import SliceSet, autoencoder_stage
 
 FORMATS = {"contiguous": torch.contiguous_format, "channels-last": torch.channels_last}
 
 
 def stage_steps(cfg, splits, rt, root, seed):
-    """(name, model, stage, data, batch size, steps per epoch x epochs) of the three trained stages."""
-    rows = []
-    for name, section, needs in (("baseline", "baseline", False), ("acat", "acat", True)):
+    """(name, model, stage, data, hyper-parameters, optimiser steps in all) of the three trained stages."""
+    train, label_map = splits["train"], TASK_DEFAULTS[cfg["task"]]["flip_label_map"]
+
+    def classifier_row(name):
         model = load_final(root / name / "model.safetensors", name)[0]
-        hp = HyperParams.from_config(cfg[section])
-        stage = classifier_stage(name, hp, splits["train"], seed=seed, num_classes=model.num_classes,
-                                 needs_saliency=needs, label_map=TASK_DEFAULTS[cfg["task"]]["flip_label_map"], rt=rt)
-        n = len(splits["train"])
-        rows.append((name, model, stage, splits["train"], hp, -(-n // hp.batch_size) * hp.epochs))
-    hp = HyperParams.from_config(cfg["autoencoder"])
-    model = load_final(root / "autoencoder" / "model.safetensors", "autoencoder")[0]
-    slices = SliceSet(splits["train"])
-    rows.insert(1, ("autoencoder", model, autoencoder_stage(hp, seed), slices, hp,
-                    -(-len(slices) // hp.batch_size) * hp.epochs))
-    return rows
+        hp = HyperParams.from_config(cfg[name])
+        stage = classifier_stage(name, hp, train, seed=seed, num_classes=model.num_classes,
+                                 needs_saliency=name == "acat", label_map=label_map, rt=rt)
+        return name, model, stage, train, hp, -(-len(train) // hp.batch_size) * hp.epochs
+
+    hp, slices = HyperParams.from_config(cfg["autoencoder"]), SliceSet(train)
+    autoencoder = ("autoencoder", load_final(root / "autoencoder" / "model.safetensors", "autoencoder")[0],
+                   autoencoder_stage(hp, seed), slices, hp, -(-len(slices) // hp.batch_size) * hp.epochs)
+    return [classifier_row("baseline"), autoencoder, classifier_row("acat")]
 
 
 def time_step(model, stage, data, hp, rt, fmt, batches=2) -> float:
@@ -98,7 +97,7 @@ def main(argv=None) -> int:
         print(f"{'stage':<13}{'format':<15}{'s / step':>10}{'projected min':>15}")
         for name, model, stage, data, hp, steps in stage_steps(cfg, splits, rt, root, args.seed):
             for fname, fmt in FORMATS.items():
-                if fmt == torch.channels_last and _has_strided_1x1(model):   # Runtime.place keeps it contiguous
+                if fmt == torch.channels_last and has_strided_1x1(model):   # Runtime.place keeps it contiguous
                     print(f"{name:<13}{fname:<15}{'-':>10}{'-':>15}  (strided 1x1 convolution: trains contiguous)")
                     continue
                 s = np.median([time_step(model, stage, data, hp, rt, fmt) for _ in range(args.repeats)])

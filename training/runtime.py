@@ -39,7 +39,7 @@ class Runtime:
         convolution crashes the process in torch 2.13's CPU build (e.g. 6 -> 12 channels, stride 2, a
         batch of 32 x 80 x 64: the autoencoder's encoder)."""
         model = model.to(self.device)
-        if not self.channels_last or (trains and _has_strided_1x1(model)):
+        if not self.channels_last or (trains and has_strided_1x1(model)):
             return model
         return model.to(memory_format=torch.channels_last)
 
@@ -61,7 +61,8 @@ class Runtime:
             print(*msg, flush=True)
 
 
-def _has_strided_1x1(model: torch.nn.Module) -> bool:
+def has_strided_1x1(model: torch.nn.Module) -> bool:
+    """Whether `model` has a strided 1x1 convolution (such a net trains contiguous: Runtime.place)."""
     return any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
                for m in model.modules())
 
