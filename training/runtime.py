@@ -118,8 +118,30 @@ def started(cfg: dict):
         shutdown(rt)
 
 
+# glibc hands a freed block above its mmap threshold (at most 32 MiB) back to the kernel at once and trims the
+# heap's top beyond 128 KiB, so every training step and counterfactual search page-faults its large activations
+# in afresh: half of the maps' time (docs/TRAINING.md, "Saliency generation"). These keep freed memory for reuse.
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(16 << 30),
+                     "MALLOC_TOP_PAD_": str(256 << 20)}
+
+
+def keep_freed_memory():
+    """Restart this script once (same process id, arguments and environment) with KEEP_FREED_MEMORY
+    set, on Linux, unless they are set already or ACAT_KEEP_FREED_MEMORY=0. glibc reads them only when
+    a process starts, so they cannot be set from inside it; under torchrun each worker restarts itself."""
+    if not sys.platform.startswith("linux") or os.environ.get("ACAT_KEEP_FREED_MEMORY") == "0":
+        return
+    if all(k in os.environ for k in KEEP_FREED_MEMORY):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, {**KEEP_FREED_MEMORY, **os.environ})
+
+
 def run_main(main):
-    """Run a script's main(): user-fixable errors print one line and exit with code 2."""
+    """Run a script's main() (in a process that keeps freed memory: keep_freed_memory): user-fixable
+    errors print one line and exit with code 2."""
+    keep_freed_memory()
     try:
         main()
     except ACATError as e:
