@@ -3,7 +3,8 @@ model-randomisation sanity check (issue 12, item 1). Prints tables; asserts noth
 unless --json is given.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_saliency_faithfulness.py \\
-        --config training/configs/brain_synth_demo.json --seed 0 --cases 12
+        --config training/configs/brain_synth_demo.json --seed 0 --cases 12 [--json s0.json]
+    python bench/bench_saliency_faithfulness.py --combine s0.json s1.json s2.json   # one table over seeds
 
 For the run's seed: the baseline classifier and the autoencoder of <out_dir>/seed<seed>/, the first
 --cases positive test cases with a lesion mask (the cases, in the order, of training/evaluate.py's
@@ -66,7 +67,7 @@ from training.cards import load_final                                    # noqa:
 from training.config import load_config                                  # noqa: E402
 from training.data import cache_key, load_splits, run_dir               # noqa: E402
 from training.evaluate import SaliencyModels, _positive_cases, _saliency_map, lesion_region  # noqa: E402
-from training.runtime import setup_runtime                               # noqa: E402
+from training.runtime import keep_freed_memory, setup_runtime            # noqa: E402
 
 NAMES = {"counterfactual": "Counterfactual (ours, target 0)", "latent_shift": "Latent shift",
          "norec": "NoRec", "gradient": "Gradient", "integrated_gradients": "Integrated Gradients",
@@ -77,7 +78,7 @@ PASS_RHO = 0.5
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True, help="the run's training config (training/configs/...)")
+    ap.add_argument("--config", help="the run's training config (training/configs/...); needed unless --combine")
     ap.add_argument("--out-dir", help="the run's out_dir (default: the config's)")
     ap.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
     ap.add_argument("--cases", type=int, default=12, help="positive test cases (default 12)")
@@ -94,7 +95,12 @@ def parse(argv=None):
                          "on (default 16; 0: keep the freshly reset statistics)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--json", help="also write every per-case number to this JSON file")
-    return ap.parse_args(argv)
+    ap.add_argument("--combine", nargs="+", metavar="JSON",
+                    help="print one table over the seeds of these --json files (runs nothing)")
+    args = ap.parse_args(argv)
+    if not args.config and not args.combine:
+        ap.error("--config is needed (or --combine with --json files of earlier runs)")
+    return args
 
 
 def load_run(args):
@@ -268,8 +274,41 @@ def table(out: dict) -> str:
     return "\n".join(lines)
 
 
+def combined_table(outs: list) -> str:
+    """One table over several seeds' --json files: each seed's mean over its cases, then the mean
+    (SE over seeds) of those; the sanity verdict on the mean rho over seeds."""
+    refs = outs[0]["info"]["references"]
+    keys = [f"{k}_{r}" for r in refs for k in ("deletion", "insertion")] + ["rho", "rho_fg", "hit"]
+    seeds = [o["info"]["seed"] for o in outs]
+    cases = sum(len(o["info"]["cases"]) for o in outs)
+    head = [f"Deletion AUC, {r}" if k == "deletion" else f"Insertion AUC, {r}"
+            for r in refs for k in ("deletion", "insertion")] + ["Randomisation rho", "rho, foreground",
+                                                                  "Passes sanity: all / fg", "Hit"]
+    lines = [f"### {outs[0]['info']['task']}: saliency faithfulness over seeds {', '.join(map(str, seeds))} "
+             f"({cases} positive test cases)", "", "| Method | " + " | ".join(head) + " |",
+             "|---|" + "---|" * len(head)]
+    for m in outs[0]["results"]:
+        per_seed = {k: [float(np.nanmean(o["results"][m][k])) if o["results"][m][k] else float("nan")
+                        for o in outs] for k in keys}
+        cells = [_fmt(*metrics.mean_sem(per_seed[k])[:2]) for k in keys[:-3]]
+        if m in ("random", "mask"):
+            cells += ["", "", "", ""]
+        else:
+            cells += [_fmt(*metrics.mean_sem(per_seed["rho"])[:2]), _fmt(*metrics.mean_sem(per_seed["rho_fg"])[:2]),
+                      f"{_passes(per_seed['rho'])} / {_passes(per_seed['rho_fg'])}",
+                      _fmt(*metrics.mean_sem(per_seed["hit"])[:2], pct=True)]
+        lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean (SE over seeds) of each seed's mean over its cases; deletion lower is better, insertion "
+              "higher; sanity passes when the mean rho < 0.5."]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse(argv)
+    if args.combine:
+        print(combined_table([json.loads(Path(p).read_text()) for p in args.combine]))
+        return
+    keep_freed_memory()                     # half the time otherwise goes to page faults (docs/TRAINING.md)
     try:
         out = run(args)
     except ACATError as e:
