@@ -131,8 +131,8 @@ def keep_freed_memory():
     a process starts, so they cannot be set from inside it; under torchrun each worker restarts itself."""
     if not sys.platform.startswith("linux") or os.environ.get("ACAT_KEEP_FREED_MEMORY") == "0":
         return
-    if all(k in os.environ for k in KEEP_FREED_MEMORY):
-        return
+    if all(k in os.environ for k in KEEP_FREED_MEMORY) or not (sys.executable and sys.orig_argv):
+        return                                  # set already, or an embedded interpreter: nothing to restart
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, sys.orig_argv, {**KEEP_FREED_MEMORY, **os.environ})
