@@ -278,6 +278,10 @@ def combined_table(outs: list) -> str:
     """One table over several seeds' --json files: each seed's mean over its cases, then the mean
     (SE over seeds) of those; the sanity verdict on the mean rho over seeds."""
     refs = outs[0]["info"]["references"]
+    kinds = {(o["info"]["task"], tuple(o["info"]["references"]), tuple(o["results"])) for o in outs}
+    if len(kinds) > 1:
+        raise SystemExit("--combine: the files differ in task, references or methods; combine runs of one "
+                         "bench command that differ only in --seed")
     keys = [f"{k}_{r}" for r in refs for k in ("deletion", "insertion")] + ["rho", "rho_fg", "hit"]
     seeds = [o["info"]["seed"] for o in outs]
     cases = sum(len(o["info"]["cases"]) for o in outs)
