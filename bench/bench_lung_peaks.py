@@ -23,6 +23,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ACATCore.errors import ACATError                          # noqa: E402
 from training.cards import load_final                          # noqa: E402
 from training.config import load_config                        # noqa: E402
 from training.data import load_splits, run_dir                 # noqa: E402
@@ -46,10 +47,10 @@ def place_of(peak: tuple, findings: np.ndarray, lungs: np.ndarray) -> str:
 
 def seed_row(cfg: dict, rt, seed: int) -> dict:
     """{place: share of the positives, "n": cases, "chance": mean findings share of the lungs}."""
-    splits = load_splits(cfg, rt, seed)
     root = run_dir(cfg, seed)
-    base, _ = load_final(root / "baseline" / "model.safetensors", "baseline")
+    base, _ = load_final(root / "baseline" / "model.safetensors", "baseline")       # before any data is prepared
     ae, _ = load_final(root / "autoencoder" / "model.safetensors", "autoencoder")
+    splits = load_splits(cfg, rt, seed)
     base, ae = base.to(rt.device).eval(), ae.to(rt.device).eval()
     sub = copy.deepcopy(cfg)
     sub["evaluate"]["saliency_splits"] = ["test"]
@@ -87,4 +88,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ACATError as e:                      # an unfinished run: say which model to train first
+        raise SystemExit(f"error: {e}")
