@@ -26,13 +26,16 @@ seconds per analysis. Prints a table; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
 import torch
 
+from ACATCore.checkpoint import load_bundle
 from ACATCore.data import synth
 from ACATCore.data.territories import TERRITORIES
+from ACATCore.errors import ACATError
 from ACATCore.pipeline import analyze
 from ACATCore.volume import Volume
 from searches import SEARCHES
@@ -118,6 +121,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else None
     torch.set_num_threads(args.threads)
+    try:
+        load_bundle(args.bundle)                # a missing or altered bundle: one line before any head is made
+    except ACATError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"brain bundle {args.bundle!r} on fresh ACAT-Synth heads (generator seed {args.seed}, "
           f"{args.n} a row, coverage {args.coverage}, search {args.search})")
     print(f"{'row':<18}{'n':>4}{'ACAT':>8}{'baseline':>10}{'sens':>7}{'spec':>7}{'hit':>7}{'hit(an)':>8}"

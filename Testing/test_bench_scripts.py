@@ -1,0 +1,25 @@
+"""The fresh-case benchmarks (bench/) refuse a bundle they cannot trust in one line, before generating any case."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_bench_brain_names_an_altered_bundle_in_one_line(tmp_path):
+    bundle = tmp_path / "brain"
+    shutil.copytree(REPO / "Resources" / "models" / "brain", bundle)
+    weights = bundle / "classifier.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF                          # one flipped byte in the classifier's weights
+    weights.write_bytes(bytes(data))
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "bench_brain.py"), "--bundle", str(bundle),
+                          "--n", "4", "--rows", "demo", "--threads", "1"],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert run.returncode == 2, (run.stdout, run.stderr)
+    lines = [line for line in run.stderr.splitlines() if line.strip() and "Warning" not in line]
+    assert lines == [lines[0]] and lines[0].startswith("error: classifier.safetensors does not match"), lines
+    assert "row" not in run.stdout                        # no table started, no head generated
