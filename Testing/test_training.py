@@ -445,6 +445,7 @@ def test_algorithm1_end_to_end(tmp_path, toy_datalist):
     assert "| 4 scans |" in (tmp_path / "run" / "tables" / "table4_limited.md").read_text()
     tables = tmp_path / "run" / "tables"
     assert "| ACAT |" in (tables / "table2_accuracy.md").read_text()
+    assert "on positive test scans" in (tables / "sec44_hit_scores.md").read_text()
     assert (tables / "table2_accuracy.csv").read_text().startswith("Model,Accuracy,Seeds")
     assert len(list((tables / "predictions").glob("*.csv"))) == 5    # 3 models + 2 limited
     export_bundle(cfg, 0, tmp_path / "bundle")
@@ -455,6 +456,13 @@ def test_algorithm1_end_to_end(tmp_path, toy_datalist):
     before = (root / "acat" / "model.safetensors").stat().st_mtime_ns
     run_algorithm1(cfg, rt, tables=False)
     assert (root / "acat" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_saliency_tables_name_the_held_out_split_they_score():
+    """evaluate.saliency_splits ["val"] (seed selection by localisation) must not print "test" in the title."""
+    from training.evaluate import held_out_names
+    assert held_out_names({"evaluate": {"saliency_splits": ["val"]}}) == "validation"
+    assert held_out_names({"evaluate": {"saliency_splits": ["val", "test"]}}) == "validation and test"
 
 
 def test_ablation_retrains_acat_on_its_own_maps_against_the_same_baseline(tmp_path, toy_datalist):

@@ -6,7 +6,7 @@ Reads every trained model of every seed under <out_dir> and writes into <out_dir
   table2_accuracy        Table 2: test accuracy, mean (standard error) over seeds, every model
   table1_by_size         Table 1: accuracy by infarct size (no lesion, IS-1..IS-4)
   table7_sens_spec       Table 7: accuracy, sensitivity, specificity (positive = any finding)
-  sec44_hit_scores       Sec. 4.4: hit score of each saliency method on positive test scans
+  sec44_hit_scores       Sec. 4.4: hit score of each saliency method on positive held-out scans
   table5_iou_dice        Table 5: IoU and Dice of each saliency method (dynamic percentile)
   saliency_energy        beyond the paper: share of each map's mass inside the lesion
   table3_variances       Table 3: pre-activation variance per layer, baseline vs ACAT, clean / noised
@@ -300,6 +300,11 @@ def classification_tables(rec: Records, task: str, out: Path) -> dict:
     return written
 
 
+def held_out_names(cfg: dict) -> str:
+    """The splits whose positive cases the saliency tables score, in words: "test", "validation and test"."""
+    return " and ".join({"val": "validation", "test": "test"}[s] for s in cfg["evaluate"]["saliency_splits"])
+
+
 def saliency_tables(rec: Records, cfg: dict, out: Path) -> dict:
     """Sec. 4.4 hit scores, Table 5, the energy table and Table 3: {name: markdown}."""
     written = {}
@@ -307,7 +312,8 @@ def saliency_tables(rec: Records, cfg: dict, out: Path) -> dict:
     se_note = "SE over seeds." if len({r["seed"] for r in sal}) > 1 else "One seed: SE over cases."
     if sal:
         written["sec44_hit_scores"] = write_table(
-            out, "sec44_hit_scores", "Sec. 4.4: hit score of saliency maps on positive test scans",
+            out, "sec44_hit_scores",
+            f"Sec. 4.4: hit score of saliency maps on positive {held_out_names(cfg)} scans",
             table_saliency(sal, ("hit",)),
             ("A hit: the saliency arg-max lies in the lesion's vascular territory."
              if cfg["task"] == "brain" else "A hit: the saliency arg-max lies inside the lesion mask.")
