@@ -32,11 +32,10 @@ import time
 import numpy as np
 import torch
 
-from ACATCore.checkpoint import load_bundle
 from ACATCore.data import synth
 from ACATCore.data.territories import TERRITORIES
 from ACATCore.errors import ACATError
-from ACATCore.pipeline import analyze
+from ACATCore.pipeline import analyze, load_models
 from ACATCore.volume import Volume
 from searches import SEARCHES
 
@@ -121,8 +120,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else None
     torch.set_num_threads(args.threads)
-    try:
-        load_bundle(args.bundle)                # a missing or altered bundle: one line before any head is made
+    try:    # a missing or altered bundle: one line before any head is made; analyze reuses this cached load
+        load_models(args.bundle, device="cpu")
     except ACATError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
