@@ -21,6 +21,13 @@ The steps, on a canonical LPS-axial array ``[k, j, i]`` in HU:
    about 80% of the findings' voxels).
 5. **Plausibility**: at least ``MIN_LUNG_ML`` in all; otherwise None (a head CT, a cropped field of view
    that cuts the lungs): ``analyze`` then shows the maps everywhere and says why.
+
+**Lung extraction** (a model card's ``"lung_extraction": true``, :mod:`ACATCore.preprocessing`): the model
+input keeps the CT only in :func:`input_region`, the lungs widened in-plane by ``INPUT_MARGIN_MM`` (a square,
+so up to 1.4 times that at its corners), and takes the window's lower value elsewhere, as brain extraction
+does for the brain. The margin brings back consolidation against the chest wall that the air threshold
+leaves out (on 20 generated positives the lungs above hold 77% of the findings' voxels, widened by 10 mm
+92%). Without lungs (:func:`require_lungs`) such a model has nothing to read: a clear error, not a guess.
 """
 from __future__ import annotations
 
@@ -29,12 +36,15 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
+from .errors import InputError
+
 AIR_HU = -400.0           # aerated lung about -850, ground glass -750..-550; soft tissue above -150
 MIN_PART_ML = 10.0        # one lung of an adult: 1500-3000 ml; a gas bubble: a few ml
 LARGEST_SHARE = 0.1       # of the largest part: both lungs (often one part through the airways) stay,
                           # stomach and bowel gas (tens of ml) go
 CLOSE_MM = 3.0            # at least one voxel in-plane
 MIN_LUNG_ML = 200.0
+INPUT_MARGIN_MM = 10.0    # lung extraction: what the model sees around the lungs, in-plane
 
 
 def find_lungs(hu: np.ndarray, spacing) -> Optional[np.ndarray]:
@@ -80,3 +90,21 @@ def _whole(lungs: np.ndarray, spacing) -> np.ndarray:
             whole = ndi.binary_fill_holes(ndi.binary_closing(part, structure=disk))
             out[k][box] |= whole[ry:-ry, rx:-rx]
     return out
+
+
+def require_lungs(hu: np.ndarray, spacing) -> np.ndarray:
+    """:func:`find_lungs`, or an InputError saying what to give a lung model instead."""
+    lungs = find_lungs(hu, spacing)
+    if lungs is None:
+        raise InputError(f"no lungs were found in this CT (at least {MIN_LUNG_ML:g} ml of air inside the body): "
+                         "the lung model reads chest CT with the lungs in the field of view; "
+                         "for a head CT use the brain model")
+    return lungs
+
+
+def input_region(lungs: np.ndarray, spacing, margin_mm: float = INPUT_MARGIN_MM) -> np.ndarray:
+    """``lungs`` widened in-plane by ``margin_mm`` (a square of that half-width: a separable maximum filter,
+    under a second on a 512 x 512 x 200 volume where a disk takes 20): where lung extraction keeps the CT."""
+    ry, rx = (max(1, int(round(margin_mm / float(s)))) for s in (spacing[1], spacing[0]))
+    grown = ndi.maximum_filter(np.asarray(lungs, dtype=np.uint8), size=(1, 2 * ry + 1, 2 * rx + 1))
+    return grown.astype(bool)

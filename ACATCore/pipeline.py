@@ -249,16 +249,20 @@ def _prepare_all(volume, spec, coverage, prog):
     number of slices there were to see, and the brain mask (canonical; None without extraction)."""
     from .preprocessing import canonical_axes, check_spec, prepare, to_canonical
     perm, _ = canonical_axes(volume.direction)
-    n_slices, brain = volume.shape[perm[0]], None
+    n_slices, brain, lungs = volume.shape[perm[0]], None, None
     if check_spec(spec)["brain_extraction"]:
         from .brain_extraction import extract_brain
         canonical = to_canonical(volume)
         brain = extract_brain(canonical.array, canonical.spacing)
         n_slices = brain.slices[1] - brain.slices[0] + 1
+    elif check_spec(spec).get("lung_extraction"):    # found once for every sampling
+        from .lung_mask import require_lungs
+        canonical = to_canonical(volume)
+        lungs = require_lungs(canonical.array, canonical.spacing)
     offsets = sampling_offsets(n_slices, spec, coverage)
     prepared, seen = [], set()
     for n, off in enumerate(offsets):
-        prepared.append(prepare(volume, spec, offset=off, brain=brain))
+        prepared.append(prepare(volume, spec, offset=off, brain=brain, lungs=lungs))
         seen.update(int(k) for k in prepared[-1].slices_seen())
         prog.report((n + 1) / len(offsets))
     return prepared, offsets, seen, n_slices, brain
@@ -315,7 +319,7 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
         dict(steps=steps, alpha=alpha, early_stop=early_stop, options=counterfactual_options or {},
              smoothing=smoothing))
     prog.stage("map back")
-    region = brain.mask if brain is not None else _lungs(volume, card, warnings)
+    region = brain.mask if brain is not None else _lungs(volume, card, prepared, warnings)
     if region is not None:          # maps and the peak only where the brain (the lungs) are
         from .preprocessing import from_canonical
         merger.restrict_to(from_canonical(region, prepared[0].perm, prepared[0].flip))
@@ -465,10 +469,13 @@ def _merged_maps(merger, volume, cf_names) -> tuple:
     return saliency, attention, counterfactuals
 
 
-def _lungs(volume, card, warnings):
-    """The lung mask (canonical) of a lung model's input, else None (with a note when none is found)."""
+def _lungs(volume, card, prepared, warnings):
+    """The lung mask (canonical) of a lung model's input, else None (with a note when none is found);
+    with lung extraction the one preprocessing found."""
     if card.get("task") != "lung":
         return None
+    if prepared[0].lungs is not None:
+        return prepared[0].lungs
     from .lung_mask import find_lungs
     from .preprocessing import to_canonical
     canonical = to_canonical(volume)

@@ -13,6 +13,9 @@
    slice, each slice is cropped around it (:func:`brain_box`: the model input's aspect ratio in mm,
    a small margin, centred on the brain) and everything outside it takes the window's lower value.
    Skull, scalp, holder and the scan's coverage and field of view no longer reach the model.
+   **Lung extraction** (``"lung_extraction": true``, an option the shipped lung bundle does not use): the lungs are
+   found in the CT itself (:mod:`ACATCore.lung_mask`) and everything outside them, widened by a margin,
+   takes the window's lower value; slices and field of view are not changed.
 2. **Slice sampling**: S slices, evenly spaced and centred: slice ``s`` sits at the continuous
    position ``(s + 0.5 + o) * K / S - 0.5`` of the K canonical slices, rounded, with ``o = offset`` for
    ``offset < 0.5`` and ``offset - 1`` otherwise. ``offset = 0`` is the centred grid; the offsets of
@@ -177,8 +180,12 @@ def check_spec(spec: dict) -> dict:
     if midline not in MIDLINES:
         raise ConfigError(f"midline {midline!r} unknown; use 'center', 'symmetry' or null")
     extraction, slab = spec.get("brain_extraction", False), spec.get("slab", False)
-    if not isinstance(extraction, bool):
-        raise ConfigError(f"brain_extraction must be true or false, not {extraction!r}")
+    lungs = spec.get("lung_extraction", False)
+    for key, flag in (("brain_extraction", extraction), ("lung_extraction", lungs)):
+        if not isinstance(flag, bool):
+            raise ConfigError(f"{key} must be true or false, not {flag!r}")
+    if extraction and lungs:
+        raise ConfigError("brain_extraction and lung_extraction exclude each other: a model reads one organ")
     if not isinstance(slab, bool):
         raise ConfigError(f"slab must be true or false, not {slab!r}")
     slab_mean = spec.get("slab_mean", "all")
@@ -188,6 +195,8 @@ def check_spec(spec: dict) -> dict:
            "brain_extraction": extraction, "slab": slab}
     if slab_mean != "all":          # cards written before the key keep their exact spec
         out["slab_mean"] = slab_mean
+    if lungs:
+        out["lung_extraction"] = True
     return out
 
 
@@ -287,6 +296,7 @@ class Prepared:
     warnings: list = field(default_factory=list)
     box: tuple = None                 # canonical in-plane crop (j0, j1, i0, i1) resized to the model size
     brain: object = None              # BrainMask (canonical) when the spec asks for brain extraction
+    lungs: np.ndarray = None          # lung mask (canonical) when the spec asks for lung extraction
     slabs: np.ndarray = None          # (S, 2) canonical [a, b) of each model slice's slab; None: one slice
 
     def __post_init__(self):
@@ -394,13 +404,15 @@ class Prepared:
         return _shift_columns(out[:, 0].numpy(), self.midline.get("shift_px", 0))
 
 
-def prepare(volume: Volume, spec: dict, offset: float = 0.0, brain=None) -> Prepared:
+def prepare(volume: Volume, spec: dict, offset: float = 0.0, brain=None, lungs=None) -> Prepared:
     """Prepare ``volume`` (HU) for a model as its card's ``spec`` says (see the module docstring).
 
     With ``"brain_extraction": true`` the brain is found (:mod:`ACATCore.brain_extraction`; pass
     ``brain``, a :class:`~ACATCore.brain_extraction.BrainMask` of the canonical volume, to reuse one):
     the slices are sampled between the brain's first and last slice, each slice is cropped around the
-    brain (:func:`brain_box`) and everything outside the brain gets the window's lower value.
+    brain (:func:`brain_box`) and everything outside the brain gets the window's lower value. With
+    ``"lung_extraction": true`` the lungs are found (or ``lungs``, a canonical mask, is reused) and
+    everything outside :func:`ACATCore.lung_mask.input_region` gets it.
     """
     spec = check_spec(spec)
     if np.asarray(volume.array).ndim != 3:
@@ -419,12 +431,17 @@ def prepare(volume: Volume, spec: dict, offset: float = 0.0, brain=None) -> Prep
             brain = extract_brain(canonical.array, canonical.spacing)
         first, count = brain.slices[0], brain.slices[1] - brain.slices[0] + 1
         box = brain_box(brain, canonical.spacing, (H, W))
+    keep = brain.mask if brain is not None else None
+    if spec.get("lung_extraction"):
+        from .lung_mask import input_region, require_lungs
+        lungs = require_lungs(canonical.array, canonical.spacing) if lungs is None else lungs
+        keep = input_region(lungs, canonical.spacing)
     if count < (S / 2 if spec["slab"] else S):
         notes.append(_few_slices_note(count, S, spec))
         warnings.warn(notes[-1], stacklevel=2)
     slabs = first + slab_ranges(count, S) if spec["slab"] else None
     ks = (slabs[:, 0] + slabs[:, 1] - 1) // 2 if spec["slab"] else first + sample_slices(count, S, offset)
-    stack = _sampled_stack(canonical.array, lo, hi, ks, slabs, brain, spec.get("slab_mean", "all"))
+    stack = _sampled_stack(canonical.array, lo, hi, ks, slabs, keep, spec.get("slab_mean", "all"))
     stack = _crop(stack, box, 0.0)
     stack = _resize(stack, (H, W), antialias=(H < box[1] - box[0] or W < box[3] - box[2]))
     midline = {"method": spec["midline"], "column": (W - 1) / 2.0, "shift_px": 0}
@@ -436,22 +453,23 @@ def prepare(volume: Volume, spec: dict, offset: float = 0.0, brain=None) -> Prep
     tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
     return Prepared(tensor=tensor, input=volume,
                     canonical=canonical, canonical_indices=ks, perm=perm, flip=flip, spec=spec,
-                    offset=float(offset), midline=midline, warnings=notes, box=box, brain=brain, slabs=slabs)
+                    offset=float(offset), midline=midline, warnings=notes, box=box, brain=brain, slabs=slabs,
+                    lungs=lungs if spec.get("lung_extraction") else None)
 
 
-def _sampled_stack(array: np.ndarray, lo: float, hi: float, ks, slabs, brain, slab_mean: str = "all") -> np.ndarray:
+def _sampled_stack(array: np.ndarray, lo: float, hi: float, ks, slabs, keep, slab_mean: str = "all") -> np.ndarray:
     """(S, J, I) windowed slices ``ks`` of the canonical ``array``, or the mean of each slab's windowed
-    slices (``slab_mean`` "brain": over the slices in which the pixel is brain); outside the brain (when
-    ``brain`` is given) the window's lower value."""
+    slices (``slab_mean`` "brain": over the slices in which the pixel is in ``keep``, the brain);
+    outside ``keep`` (a canonical boolean mask, when given) the window's lower value."""
     def windowed(k):
-        return window(np.where(brain.mask[k], array[k], lo) if brain is not None else array[k], lo, hi)
+        return window(np.where(keep[k], array[k], lo) if keep is not None else array[k], lo, hi)
     if slabs is None:
         return windowed(ks)
     if slab_mean == "all":
         return np.stack([windowed(np.arange(a, b)).mean(axis=0) for a, b in slabs])
     means = []
     for a, b in slabs:           # outside every slice's brain: windowed value 0 (lo), count 0
-        count = brain.mask[a:b].sum(axis=0)
+        count = keep[a:b].sum(axis=0)
         means.append(windowed(np.arange(a, b)).sum(axis=0) / np.maximum(count, 1))
     return np.stack(means).astype(np.float32)
 

@@ -234,6 +234,11 @@ def test_new_optional_card_keys_are_accepted(saved):
     _edit_card(path, preprocessing={**PREP, "brain_extraction": "yes"})
     with pytest.raises(ModelFileError, match="brain_extraction"):
         load_model(path)
+    _edit_card(path, preprocessing={**PREP, "lung_extraction": True})
+    load_model(path)
+    _edit_card(path, preprocessing={**PREP, "lung_extraction": 1})
+    with pytest.raises(ModelFileError, match="lung_extraction"):
+        load_model(path)
 
 
 def test_nan_weights_with_a_matching_hash_are_refused(saved):

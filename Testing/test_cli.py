@@ -328,3 +328,17 @@ def test_analyze_says_when_acat_gives_its_baselines_probabilities(tmp_path, caps
 def test_acat_alone_prints_usage_on_stderr(capsys):
     code, out, err = run([], capsys)
     assert code == 2 and out == "" and err.startswith("usage: acat") and "acat: error:" in err
+
+
+def test_a_lung_model_reading_the_lungs_only_refuses_a_head_ct(tmp_path, capsys):
+    from ACATCore.resources import resource_path
+    lungs_only = make_bundle(tmp_path / "bundle", "lung", preprocessing_extra={"lung_extraction": True})
+    head = resource_path("data", "ACATSampleHeadCT.nrrd")
+    code, _, err = run(["analyze", head, "--model", lungs_only, "--out", tmp_path / "head", *FAST], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "no lungs were found" in err and "brain model" in err
+    assert not (tmp_path / "head").exists()
+    code, _, err = run(["analyze", chest_ct_path(), "--model", lungs_only, "--out", tmp_path / "chest", *FAST], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "chest" / "result.json").read_text())
+    assert result["model"]["preprocessing"]["lung_extraction"] is True

@@ -1,10 +1,12 @@
 """The lung mask that bounds a lung model's maps (ACATCore.lung_mask), on real CT."""
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from ACATCore.data import synth
+from ACATCore.errors import InputError
 from ACATCore.io import read_volume
-from ACATCore.lung_mask import find_lungs
+from ACATCore.lung_mask import INPUT_MARGIN_MM, find_lungs, input_region, require_lungs
 from ACATCore.preprocessing import to_canonical
 from ACATCore.resources import resource_path
 
@@ -41,3 +43,21 @@ def test_a_head_ct_or_a_non_volume_has_no_lungs():
 @pytest.mark.parametrize("hu", [40, 1000])
 def test_no_air_means_no_lungs(hu):
     assert find_lungs(np.full((4, 16, 16), hu, np.int16), (1.0, 1.0, 5.0)) is None
+
+
+def test_the_input_region_widens_the_lungs_in_plane_by_the_margin():
+    base = synth.lung_base()
+    ct = base["volume"]                                                  # 3.05 mm pixels, 10 mm slices
+    lungs = find_lungs(ct.array, ct.spacing)
+    region = input_region(lungs, ct.spacing)                             # 10 mm: 3 pixels each way
+    assert region[lungs].all()
+    dist = ndimage.distance_transform_edt(~lungs, sampling=(1e6, ct.spacing[1], ct.spacing[0]))
+    assert region[(dist > 0) & (dist <= INPUT_MARGIN_MM)].all()          # every voxel within the margin
+    assert not region[dist > INPUT_MARGIN_MM * 1.5].any()                # a square's corner: up to 1.41 x
+    assert not region[~lungs.any(axis=(1, 2))].any()                     # slices are not mixed
+
+
+def test_a_ct_without_lungs_is_refused_with_what_to_give_instead():
+    head = to_canonical(read_volume(resource_path("data", "ACATSampleHeadCT.nrrd")))
+    with pytest.raises(InputError, match="no lungs were found.*chest CT.*brain model"):
+        require_lungs(head.array, head.spacing)

@@ -4,12 +4,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from ACATCore.brain_extraction import BrainMask
 from ACATCore.errors import ConfigError
 from ACATCore.preprocessing import (SliceMerger, _sampled_stack, check_spec, coverage_offsets, estimate_midline,
-                                    prepare, sample_slices, slab_ranges, to_canonical, window)
+                                    from_canonical, prepare, sample_slices, slab_ranges, to_canonical, window)
 from ACATCore.volume import Volume
 
 SPEC = {"window": [-1000, 1000], "slices": 7, "size": [48, 40], "orientation": "LPS-axial", "midline": None}
@@ -170,9 +171,30 @@ def test_to_model_grid_samples_a_mask_like_the_image():
 def test_bad_spec_is_a_config_error():
     v = linear_volume(np.eye(3))
     for bad in ({**SPEC, "window": [100, 0]}, {**SPEC, "midline": "left"}, {**SPEC, "orientation": "RAS"},
-                {"slices": 3}, {**SPEC, "slab": "yes"}):
+                {"slices": 3}, {**SPEC, "slab": "yes"}, {**SPEC, "lung_extraction": "yes"},
+                {**SPEC, "lung_extraction": True, "brain_extraction": True}):
         with pytest.raises(ConfigError):
             prepare(v, bad)
+
+
+def test_lung_extraction_keeps_the_ct_around_the_lungs_only():
+    from ACATCore.data import synth
+    from ACATCore.lung_mask import find_lungs, input_region
+    chest = synth.lung_base()["volume"]                                  # slicerio's real chest CT
+    spec = {**SPEC, "window": [-1000, 400], "slices": 11, "size": [64, 64]}
+    plain, lungs_only = prepare(chest, spec), prepare(chest, {**spec, "lung_extraction": True})
+    assert check_spec({**spec, "lung_extraction": True})["lung_extraction"] is True
+    assert "lung_extraction" not in check_spec(spec)                    # older cards keep their exact spec
+    canonical = to_canonical(chest)
+    np.testing.assert_array_equal(lungs_only.lungs, find_lungs(canonical.array, canonical.spacing))
+    region = from_canonical(input_region(lungs_only.lungs, canonical.spacing), lungs_only.perm, lungs_only.flip)
+    keep = lungs_only.to_model_grid(chest.with_array(region.astype(np.float32)), mode="nearest") > 0
+    a, b = plain.tensor[:, 0].numpy(), lungs_only.tensor[:, 0].numpy()
+    inner = ndimage.binary_erosion(keep, structure=np.ones((1, 5, 5), bool))   # away from the resized edge
+    np.testing.assert_allclose(b[inner], a[inner])
+    assert (b[~ndimage.binary_dilation(keep, structure=np.ones((1, 3, 3), bool))] == 0).all()
+    assert (a[~keep] > 0.5).mean() > 0.2                                 # the body that was there is gone
+    assert plain.lungs is None
 
 
 # ------------------------------------------------------------------------------ slabs
@@ -208,8 +230,8 @@ def test_a_brain_slab_mean_averages_only_the_slices_in_which_the_pixel_is_brain(
     mask[0, :, 2:] = True                               # columns 2-3: brain in slice 0 only
     brain = BrainMask(mask, (0, 5), (0, 3, 0, 3), 1.0)
     slabs = np.array([[0, 3], [3, 6]])
-    every = _sampled_stack(array, 0.0, 80.0, None, slabs, brain, "all")
-    only = _sampled_stack(array, 0.0, 80.0, None, slabs, brain, "brain")
+    every = _sampled_stack(array, 0.0, 80.0, None, slabs, brain.mask, "all")
+    only = _sampled_stack(array, 0.0, 80.0, None, slabs, brain.mask, "brain")
     np.testing.assert_allclose(every[0, :, :2], 0.5)
     np.testing.assert_allclose(every[0, :, 2:], 0.5 / 3, rtol=1e-6)     # darkened by 2 non-brain slices
     np.testing.assert_allclose(only[0], 0.5)                           # the brain's own value

@@ -465,6 +465,24 @@ def test_saliency_tables_name_the_held_out_split_they_score():
     assert held_out_names({"evaluate": {"saliency_splits": ["val", "test"]}}) == "validation and test"
 
 
+def test_evaluate_can_score_every_method_on_smoothed_maps():
+    """evaluate.smooth_sigma smooths each map in-plane before scoring (a lone bright pixel loses its peak to a
+    blob); slices are not mixed; 0 leaves the map as it is; a bad value is refused when the config is read."""
+    from training.evaluate import smoothed
+    s = np.zeros((3, 16, 16), np.float32)
+    s[1, 2, 2] = 1.0                              # a lone pixel
+    s[1, 8:13, 8:13] = 0.6                        # a lesion-sized blob
+    assert smoothed(s, 0.0) is s
+    out = smoothed(s, 2.0)
+    assert np.unravel_index(np.argmax(s), s.shape) == (1, 2, 2)
+    assert np.unravel_index(np.argmax(out), out.shape) == (1, 10, 10)
+    assert not out[0].any() and not out[2].any()
+    raw = tiny_config(None, "unused")
+    raw["evaluate"] = {"smooth_sigma": -1}
+    with pytest.raises(ConfigError, match="evaluate.smooth_sigma: saliency smoothing"):
+        resolved(raw)
+
+
 def test_ablation_retrains_acat_on_its_own_maps_against_the_same_baseline(tmp_path, toy_datalist):
     """training.ablate_acat: a saliency override makes new maps (the card records them), a schedule
     override reuses the seed's maps, and every record scores the one baseline on the one split."""

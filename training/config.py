@@ -70,7 +70,10 @@ DEFAULTS = {
     "evaluate": {"saliency_methods": ["counterfactual", "latent_shift", "gradient", "gradcam"],
                  "saliency_splits": ["test"],   # held-out splits whose positive cases are scored
                  "saliency_with_acat": True, "max_saliency_cases": 60, "noise_std": 1.0,
-                 "variance_cases": 16},
+                 "variance_cases": 16,
+                 # smooth_sigma: every method's map smoothed in-plane (model-grid pixels) before it is
+                 # scored, as analyze smooths the map it shows; 0 = the paper's maps as they are
+                 "smooth_sigma": 0.0},
     "runtime": {"device": "auto", "bf16": True, "channels_last": True, "num_workers": 0, "threads": None,
                 "deterministic": True, "tensorboard": True, "progress": True},
 }
@@ -262,6 +265,11 @@ def _check_extras(cfg: dict):
         if name not in ("val", "test"):
             raise ConfigError(f"evaluate.saliency_splits takes 'val' and/or 'test' (held-out "
                               f"data), not {name!r}")
+    from ACATCore.analysis_maps import check_smoothing
+    try:
+        check_smoothing(cfg["evaluate"]["smooth_sigma"])
+    except ConfigError as e:
+        raise ConfigError(f"evaluate.smooth_sigma: {e}") from None
     size = cfg["data"]["preprocessing"]["size"]
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v % 4 == 0
                                                               and v > 0 for v in size)):

@@ -158,6 +158,13 @@ def _saliency_map(method: str, models: SaliencyModels, batch: dict, cfg, rt) -> 
     return s.detach().float().cpu().numpy()[0, :, 0]
 
 
+def smoothed(s: np.ndarray, sigma: float) -> np.ndarray:
+    """The (S, H, W) map ``s`` smoothed in-plane by ``sigma`` model-grid pixels (as ``analyze`` smooths the map
+    it shows); ``s`` itself for 0."""
+    from ACATCore.filters import gaussian_smooth
+    return gaussian_smooth(torch.from_numpy(s)[None, :, None], float(sigma))[0, :, 0].numpy() if sigma else s
+
+
 def _scores(s: np.ndarray, mask: np.ndarray, region: np.ndarray) -> dict:
     """Hit, IoU, Dice, energy in the lesion and the lesion's volume fraction of one map."""
     from ACATCore import metrics
@@ -187,7 +194,8 @@ def saliency_records(cfg, rt, seed, root: Path, splits) -> list:
         region = lesion_region(mask, None if regions is None else np.asarray(regions[g]),
                                cfg["task"])
         for m in models.methods:
-            for k, v in _scores(_saliency_map(m, models, batch, cfg, rt), mask, region).items():
+            s = smoothed(_saliency_map(m, models, batch, cfg, rt), cfg["evaluate"]["smooth_sigma"])
+            for k, v in _scores(s, mask, region).items():
                 results[m][k].append(v)
     if rt.distributed:
         import torch.distributed as dist
@@ -310,6 +318,9 @@ def saliency_tables(rec: Records, cfg: dict, out: Path) -> dict:
     written = {}
     sal = rec.saliency
     se_note = "SE over seeds." if len({r["seed"] for r in sal}) > 1 else "One seed: SE over cases."
+    sigma = float(cfg["evaluate"]["smooth_sigma"])
+    if sigma:
+        se_note = f"Every method's map smoothed in-plane by {sigma:g} pixels before scoring. " + se_note
     if sal:
         written["sec44_hit_scores"] = write_table(
             out, "sec44_hit_scores",
