@@ -249,13 +249,13 @@ def _prepare_all(volume, spec, coverage, prog):
     number of slices there were to see, and the brain mask (canonical; None without extraction)."""
     from .preprocessing import canonical_axes, check_spec, prepare, to_canonical
     perm, _ = canonical_axes(volume.direction)
-    n_slices, brain, lungs = volume.shape[perm[0]], None, None
-    if check_spec(spec)["brain_extraction"]:
+    n_slices, brain, lungs, spec = volume.shape[perm[0]], None, None, check_spec(spec)
+    if spec["brain_extraction"]:
         from .brain_extraction import extract_brain
         canonical = to_canonical(volume)
         brain = extract_brain(canonical.array, canonical.spacing)
         n_slices = brain.slices[1] - brain.slices[0] + 1
-    elif check_spec(spec).get("lung_extraction"):    # found once for every sampling
+    elif spec.get("lung_extraction"):    # found once for every sampling
         from .lung_mask import require_lungs
         canonical = to_canonical(volume)
         lungs = require_lungs(canonical.array, canonical.spacing)
