@@ -59,8 +59,8 @@ import numpy as np
 import torch
 
 # analyze's search defaults; the presets (PAPER_SEARCH / PAPER_STEPS, FAST_SEARCH / FAST_STEPS) live there too
-from .analysis_maps import (PEAK_TOP, SHOWN_SMOOTHING, acat_saliency, check_smoothing,
-                            counterfactual_saliency, salient_peak, shown_saliency)
+from .analysis_maps import (EDGE_BAND, PEAK_TOP, SHOWN_SMOOTHING, acat_saliency, check_smoothing,
+                            counterfactual_saliency, inner_region, input_grid_saliency, salient_peak)
 from .counterfactual_options import DEFAULT_EARLY_STOP, DEFAULT_SEARCH, DEFAULT_STEPS
 from .errors import ACATError, ConfigError, InputError, ModelFileError
 from .preprocessing import SliceMerger
@@ -294,7 +294,9 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
         ``{"precision": "bf16"}``, ``{"decode_chunk": 4}``); checked before any work.
     channels_last: on the CPU, run the nets in channels-last memory format (faster, same maps).
     smoothing: in-plane Gaussian sigma (model-grid pixels) of the saliency shown and searched for its peak
-        (``analysis_maps.shown_saliency``; 0: the paper's unsmoothed map). ACAT always reads its own map.
+        (``analysis_maps.input_grid_saliency``, on the input grid after the samplings are merged and the
+        maps bounded to the brain or lungs, for a lung model without ``EDGE_BAND`` model pixels at the lungs'
+        edge; 0: the paper's unsmoothed map over the whole organ). ACAT always reads its own map.
     """
     _check_options(steps, alpha, coverage)
     _check_search(counterfactual_options, steps, alpha)
@@ -316,14 +318,14 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
     merger = SliceMerger(volume, prepared)
     base_probs, acat_probs, cf_names = _analyse_samplings(
         bundle, card, prepared, merger, prog, pixel_budget,
-        dict(steps=steps, alpha=alpha, early_stop=early_stop, options=counterfactual_options or {},
-             smoothing=smoothing))
+        dict(steps=steps, alpha=alpha, early_stop=early_stop, options=counterfactual_options or {}))
     prog.stage("map back")
     region = brain.mask if brain is not None else _lungs(volume, card, prepared, warnings)
     if region is not None:          # maps and the peak only where the brain (the lungs) are
         from .preprocessing import from_canonical
         merger.restrict_to(from_canonical(region, prepared[0].perm, prepared[0].flip))
-    saliency, attention, counterfactuals = _merged_maps(merger, volume, cf_names)
+    band = EDGE_BAND.get(card.get("task"), 0.0) if smoothing else 0.0     # smoothing 0: the paper's map
+    saliency, attention, counterfactuals = _merged_maps(merger, volume, cf_names, smoothing, band)
     peak_index, peak_lps, territory = _saliency_peak(volume, saliency, card, brain, warnings)
 
     result = AnalysisResult(
@@ -353,7 +355,7 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
 def _analyse_samplings(bundle, card, prepared, merger, prog, pixel_budget, search) -> tuple:
     """Classify, search the counterfactuals and attend, chunk by chunk of samplings; every map goes
     into ``merger``. Returns (baseline probabilities, ACAT probabilities: lists of (B, K), class names
-    of the counterfactuals). ``search``: steps, alpha, early_stop, options, smoothing (of the shown map)."""
+    of the counterfactuals). ``search``: steps, alpha, early_stop, options."""
     dev = next(bundle.classifier.parameters()).device
     n_vol = len(prepared)
     s, _, h, w = prepared[0].tensor.shape
@@ -382,11 +384,9 @@ def _analyse_samplings(bundle, card, prepared, merger, prog, pixel_budget, searc
         acat_probs.append(probs)
 
         prog.stage("map back")
-        sal_np = shown_saliency(sal, search["smoothing"])[:, :, 0].float().cpu().numpy()   # (B, S, H, W)
         delta_np = (cf_images - recon[:, None])[:, :, :, 0].float().cpu().numpy() * (hi - lo)
         del x, sal, cf_images, recon
         for b, i in enumerate(idx):
-            merger.add("saliency", i, sal_np[b])
             for name in ATTENTION_NAMES:
                 merger.add(f"attention {name}", i, masks[name][b])
             for t, name in enumerate(cf_names):
@@ -454,19 +454,32 @@ def _attend(acat, x, sal, size) -> tuple:
     return torch.softmax(logits.float(), dim=1).cpu().numpy(), masks, weights
 
 
-def _merged_maps(merger, volume, cf_names) -> tuple:
-    """(saliency scaled to max 1, attention {name: Volume}, counterfactuals {class: Volume in HU})."""
-    saliency = merger.volume_of("saliency")
-    peak_value = float(saliency.array.max())
-    if peak_value > 0:          # resampling and merging lower the peak a little: max back to 1
-        saliency.array /= peak_value
+def _merged_maps(merger, volume, cf_names, smoothing, band) -> tuple:
+    """(saliency scaled to max 1, attention {name: Volume}, counterfactuals {class: Volume in HU}).
+    The saliency is made on the input grid from the merged changes (``input_grid_saliency``), without
+    those within ``band`` model-grid pixels of the organ mask's edge (``inner_region``)."""
     attention = {name: merger.volume_of(f"attention {name}") for name in ATTENTION_NAMES}
-    counterfactuals = {}
+    counterfactuals, deltas = {}, []
     for name in cf_names:
-        delta = merger.volume_of(f"counterfactual {name}").array
-        cf = (volume.array.astype(np.float32) + delta).astype(np.float32)
+        deltas.append(merger.volume_of(f"counterfactual {name}").array)
+        cf = (volume.array.astype(np.float32) + deltas[-1]).astype(np.float32)
         counterfactuals[name] = volume.with_array(cf, kind="counterfactual", target=name)
+    sizes = _input_pixel_sizes(merger.prepared[0])
+    keep = merger.keep if merger.keep is None else inner_region(merger.keep, sizes, band)
+    sigmas = tuple(0.0 if size is None else smoothing / size for size in sizes)
+    saliency = volume.with_array(input_grid_saliency(deltas, sigmas, keep), kind="saliency")
     return saliency, attention, counterfactuals
+
+
+def _input_pixel_sizes(prepared) -> tuple:
+    """Per input axis, an input pixel's size in model-grid pixels (the model's size over the crop
+    box's, in-plane); None for the slice axis."""
+    h, w = prepared.tensor.shape[-2:]
+    j0, j1, i0, i1 = prepared.box
+    sizes = [None, None, None]
+    sizes[prepared.perm[1]] = h / (j1 - j0)
+    sizes[prepared.perm[2]] = w / (i1 - i0)
+    return tuple(sizes)
 
 
 def _lungs(volume, card, prepared, warnings):

@@ -65,19 +65,24 @@ def _lungs_of(chest):
     return from_canonical(find_lungs(canonical.array, canonical.spacing), *canonical_axes(chest.direction))
 
 
-def test_full_coverage_sees_every_slice(full_result, chest):
+def test_full_coverage_sees_every_slice(full_result, chest, lung_bundle):
     result, _ = full_result
     n = chest.shape[0]
     assert result.slices_seen.tolist() == list(range(n))
     assert result.slice_weights.shape == (n,) and np.isfinite(result.slice_weights).all()
     assert result.settings["coverage"] == "full" and len(result.settings["offsets"]) >= int(np.ceil(n / 11))
-    # every seen slice that holds lung carries saliency and attention (nothing is left at zero by the
-    # merge); the maps are bounded to the lungs, so the slices below them carry none
+    # every seen slice that holds lung carries attention, and saliency where its lungs reach beyond the edge
+    # band (nothing is left at zero by the merge); the maps are bounded to the lungs, so the slices below
+    # them carry none
+    from ACATCore.analysis_maps import EDGE_BAND, inner_region
+    from ACATCore.pipeline import _input_pixel_sizes
     lungs = _lungs_of(chest)
+    sizes = _input_pixel_sizes(prepare(chest, load_models(lung_bundle, "cpu").card["preprocessing"]))
+    deep = inner_region(lungs, sizes, EDGE_BAND["lung"]).reshape(n, -1).any(axis=1)
     has_lung = lungs.reshape(n, -1).any(axis=1)
-    assert n // 2 <= has_lung.sum() < n
-    for maps in (result.saliency.array, result.attention["fused"].array):
-        assert (maps.reshape(n, -1).max(axis=1) > 0)[has_lung].all() and not maps[~has_lung].any()
+    assert n // 2 <= deep.sum() <= has_lung.sum() < n
+    for maps, where in ((result.saliency.array, deep), (result.attention["fused"].array, has_lung)):
+        assert (maps.reshape(n, -1).max(axis=1) > 0)[where].all() and not maps[~where].any()
 
 
 def test_peak_and_counterfactual_in_hu(full_result, chest):
@@ -380,6 +385,71 @@ def test_smoothing_moves_the_peak_from_a_lone_pixel_to_the_lesion():
     assert s == 1 and 20 <= y < 30 and 20 <= x < 30
     assert float(shown.max()) == pytest.approx(1.0)
     assert float(shown[0, 0].abs().max()) == 0.0 and float(shown[0, 2].abs().max()) == 0.0   # slices not mixed
+
+
+def test_the_input_grid_map_keeps_changes_outside_the_organ_out_of_it():
+    """The shown map on the input grid: a strong change just outside the organ (chest wall, skull) would
+    take the smoothed peak to the organ's edge if smoothed before being bounded; dropped first, the
+    lesion inside keeps the peak. Outside ``keep`` the map is 0, its max is 1, slices are not mixed,
+    a target whose counterfactual did not move (early stop) does not dilute the other."""
+    from ACATCore.analysis_maps import input_grid_saliency
+    keep = np.zeros((3, 40, 40), bool)
+    keep[:, 10:30, 10:30] = True
+    lesion = np.zeros((3, 40, 40), np.float32)
+    lesion[1, 18:24, 18:24] = 100.0                       # HU: the change inside the organ
+    wall = lesion.copy()
+    wall[1, 10:30, 4:10] = 600.0                          # a far larger change just outside it
+    sigmas = (0.0, 3.0, 3.0)
+    from scipy import ndimage
+    bled = np.where(keep, ndimage.gaussian_filter(np.abs(wall), sigmas), 0)   # smoothed, then bounded
+    assert np.unravel_index(int(np.argmax(bled)), bled.shape)[2] == 10      # the organ's edge
+    shown = input_grid_saliency([wall, np.zeros_like(wall)], sigmas, keep)
+    k, j, i = np.unravel_index(int(np.argmax(shown)), shown.shape)
+    assert k == 1 and 18 <= j < 24 and 18 <= i < 24
+    assert shown.max() == pytest.approx(1.0) and not shown[~keep].any()
+    assert not shown[0].any() and not shown[2].any()
+    np.testing.assert_allclose(shown, input_grid_saliency([lesion], sigmas, keep), atol=1e-6)
+    raw = input_grid_saliency([lesion, 0.5 * lesion], (0.0, 0.0, 0.0))      # 0: the paper's map, unsmoothed
+    np.testing.assert_allclose(raw, lesion / 100.0, atol=1e-6)
+
+
+def test_the_edge_band_is_measured_in_model_grid_pixels_in_plane():
+    """``inner_region``: the voxels farther than ``band`` model pixels from the mask's edge, in-plane only;
+    anisotropic pixels count by their own size; band 0 is the mask itself."""
+    from ACATCore.analysis_maps import inner_region
+    keep = np.zeros((4, 30, 40), bool)
+    keep[1:3, 5:25, 5:35] = True
+    inner = inner_region(keep, (None, 0.5, 0.25), 2.0)     # rows 4 px, columns 8 px per 2 model pixels
+    rows, cols = np.nonzero(inner[1])
+    assert rows.min() == 5 + 4 and rows.max() == 24 - 4 and cols.min() == 5 + 8 and cols.max() == 34 - 8
+    assert (inner[1] == inner[2]).all() and not inner[0].any() and not inner[3].any()   # slices not crossed
+    assert inner_region(keep, (None, 0.5, 0.25), 0.0) is keep
+    moved = inner_region(np.moveaxis(keep, 0, 2), (0.5, 0.25, None), 2.0)                # slice axis last
+    assert (moved == np.moveaxis(inner, 0, 2)).all()
+
+
+def test_the_shown_lung_map_leaves_out_the_lungs_edge(lung_bundle, chest):
+    """A lung model's shown map is zero outside the lungs and within ``EDGE_BAND`` model pixels of their
+    edge, but not all zero; ``smoothing=0`` (the paper's map) keeps the whole lungs; the band is in
+    model pixels, converted by the crop box."""
+    from ACATCore.analysis_maps import EDGE_BAND
+    from ACATCore.pipeline import _input_pixel_sizes
+    bundle = load_models(lung_bundle, "cpu")
+    p = prepare(chest, bundle.card["preprocessing"])
+    sizes = _input_pixel_sizes(p)
+    (j0, j1, i0, i1), (h, w) = p.box, p.tensor.shape[-2:]
+    assert sizes[p.slice_axis] is None and sizes[p.perm[1]] == pytest.approx(h / (j1 - j0))
+    assert sizes[p.perm[2]] == pytest.approx(w / (i1 - i0)) and sizes[p.perm[1]] < 1   # a crop larger than 64 px
+    shown = analyze(chest, model=lung_bundle, coverage="sampled", steps=2)
+    raw = analyze(chest, model=lung_bundle, coverage="sampled", steps=2, smoothing=0)
+    lungs = _lungs_of(chest)
+    from scipy import ndimage
+    band = EDGE_BAND["lung"] / max(sizes[p.perm[1]], sizes[p.perm[2]])      # input pixels, at least
+    cross = np.array([ndimage.generate_binary_structure(2, 1)])                   # in-plane, 4-connected
+    edge = lungs & ~ndimage.binary_erosion(lungs, cross, iterations=int(band))     # Euclid <= band there
+    assert shown.saliency.array.max() == pytest.approx(1.0)
+    assert not shown.saliency.array[~lungs].any() and not shown.saliency.array[edge].any()
+    assert raw.saliency.array[edge].any()
 
 
 def test_the_peak_is_the_maximum_of_the_most_salient_region():

@@ -67,19 +67,24 @@ def seed_row(cfg: dict, rt, seed: int) -> dict:
     return {**{k: 100.0 * v / n for k, v in counts.items()}, "n": len(cases), "chance": 100.0 * np.mean(chance)}
 
 
+def per_seed(config: str, overrides: list, seeds: list, threads: int, row) -> dict:
+    """{seed: row(cfg, rt, seed)} for a finished lung run's ``config`` (with ``--set`` ``overrides``)."""
+    cfg = load_config(config, overrides)
+    if cfg["task"] != "lung":
+        raise SystemExit(f"{config} is a {cfg['task']} run; this benchmark reads lung runs")
+    cfg["runtime"]["threads"] = threads
+    with started(cfg) as rt:
+        rt.progress = False
+        return {seed: row(cfg, rt, seed) for seed in seeds}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="a finished lung run's config (its cache, baselines, autoencoders)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    cfg = load_config(args.config, [])
-    if cfg["task"] != "lung":
-        raise SystemExit(f"{args.config} is a {cfg['task']} run; this benchmark reads lung runs")
-    cfg["runtime"]["threads"] = args.threads
-    with started(cfg) as rt:
-        rt.progress = False
-        rows = {seed: seed_row(cfg, rt, seed) for seed in args.seeds}
+    rows = per_seed(args.config, [], args.seeds, args.threads, seed_row)
     print("| seed | positives | " + " | ".join(PLACES) + " | findings' share of the lungs |")
     print("|---" * (len(PLACES) + 3) + "|")
     for seed, r in list(rows.items()) + [("mean", {k: np.mean([r[k] for r in rows.values()])
