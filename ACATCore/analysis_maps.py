@@ -87,7 +87,8 @@ def input_grid_saliency(deltas: list, sigmas: tuple, keep=None):
 def inner_region(keep, pixel_sizes: tuple, band: float):
     """The voxels of ``keep`` farther than ``band`` model-grid pixels, in-plane, from the nearest voxel
     outside it. ``pixel_sizes``: per input axis, the size of an input pixel in model-grid pixels, None
-    for the slice axis (slices are not crossed). ``band`` 0: ``keep`` itself."""
+    for the slice axis (slices are not crossed). ``band`` 0, or no voxel that far (a sliver of lung): ``keep``
+    itself, so that the band never empties the map."""
     import numpy as np
     from scipy import ndimage as ndi
     if not band or not keep.any():
@@ -98,6 +99,8 @@ def inner_region(keep, pixel_sizes: tuple, band: float):
     box = tuple(slice(max(0, b.start - 1), b.stop + 1) if a != axis else b for a, b in enumerate(box))
     part = np.moveaxis(keep[box], axis, 0)
     far = np.stack([ndi.distance_transform_edt(sl, sampling=sampling) > band for sl in part])
+    if not far.any():
+        return keep
     inner = np.zeros_like(keep, dtype=bool)
     inner[box] = np.moveaxis(far, 0, axis)
     return inner

@@ -424,6 +424,9 @@ def test_the_edge_band_is_measured_in_model_grid_pixels_in_plane():
     assert rows.min() == 5 + 4 and rows.max() == 24 - 4 and cols.min() == 5 + 8 and cols.max() == 34 - 8
     assert (inner[1] == inner[2]).all() and not inner[0].any() and not inner[3].any()   # slices not crossed
     assert inner_region(keep, (None, 0.5, 0.25), 0.0) is keep
+    sliver = np.zeros_like(keep)
+    sliver[1, 10:13, 5:35] = True                                   # 3 rows: nothing 2 model pixels in
+    assert inner_region(sliver, (None, 0.5, 0.25), 2.0) is sliver   # the band never empties the map
     moved = inner_region(np.moveaxis(keep, 0, 2), (0.5, 0.25, None), 2.0)                # slice axis last
     assert (moved == np.moveaxis(inner, 0, 2)).all()
 
