@@ -23,3 +23,15 @@ def test_bench_brain_names_an_altered_bundle_in_one_line(tmp_path):
     lines = [line for line in run.stderr.splitlines() if line.strip() and "Warning" not in line]
     assert lines == [lines[0]] and lines[0].startswith("error: classifier.safetensors does not match"), lines
     assert "row" not in run.stdout                        # no table started, no head generated
+
+
+def test_lung_run_benches_refuse_a_brain_run_in_one_line():
+    """The benches that read a finished lung run (bench_lung_peaks, bench_lung_shown_maps) load its config
+    through one shared helper and stop with one line, not a traceback, when given a brain run."""
+    config = REPO / "training" / "configs" / "brain_synth_demo.json"
+    for script in ("bench_lung_peaks.py", "bench_lung_shown_maps.py"):
+        run = subprocess.run([sys.executable, str(REPO / "bench" / script), "--config", str(config)],
+                             capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert run.returncode == 1, (script, run.stdout, run.stderr)
+        lines = [line for line in run.stderr.splitlines() if line.strip() and "Warning" not in line]
+        assert lines == [f"{config} is a brain run; this benchmark reads lung runs"], (script, lines)

@@ -83,9 +83,9 @@ def main(argv=None):
     print("| method | " + " | ".join(f"{w}: mean (SE)" for w in WAYS) + " | positives |")
     print("|---" * (len(WAYS) + 2) + "|")
     for method in METHODS:
-        per_seed = np.array([100.0 * rows[s][method].mean(axis=0) for s in args.seeds])      # (seeds, ways)
-        se = per_seed.std(axis=0, ddof=1) / np.sqrt(len(per_seed)) if len(per_seed) > 1 else np.zeros(len(WAYS))
-        cells = " | ".join(f"{m:.1f}% ({e:.1f})" for m, e in zip(per_seed.mean(axis=0), se))
+        by_seed = np.array([100.0 * rows[s][method].mean(axis=0) for s in args.seeds])      # (seeds, ways)
+        se = by_seed.std(axis=0, ddof=1) / np.sqrt(len(by_seed)) if len(by_seed) > 1 else np.zeros(len(WAYS))
+        cells = " | ".join(f"{m:.1f}% ({e:.1f})" for m, e in zip(by_seed.mean(axis=0), se))
         print(f"| {method} | {cells} | {sum(len(rows[s][method]) for s in args.seeds)} |")
 
 
