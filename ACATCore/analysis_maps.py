@@ -66,7 +66,7 @@ def input_grid_saliency(deltas: list, sigmas: tuple, keep=None):
             return np.zeros(shape, dtype=np.float32)
         box = found[0]
     inside = None if keep is None else np.asarray(keep[box], dtype=bool)
-    mean = np.zeros(tuple(b.stop - b.start for b in box) if keep is not None else shape, dtype=np.float32)
+    mean = np.zeros(deltas[0][box].shape, dtype=np.float32)
     for d in deltas:
         a = np.abs(np.nan_to_num(np.asarray(d[box], dtype=np.float32)))
         if inside is not None:

@@ -324,8 +324,7 @@ def analyze(volume_or_path, model="brain", coverage: str = "full", steps: int = 
     if region is not None:          # maps and the peak only where the brain (the lungs) are
         from .preprocessing import from_canonical
         merger.restrict_to(from_canonical(region, prepared[0].perm, prepared[0].flip))
-    band = EDGE_BAND.get(card.get("task"), 0.0) if smoothing else 0.0     # smoothing 0: the paper's map
-    saliency, attention, counterfactuals = _merged_maps(merger, volume, cf_names, smoothing, band)
+    saliency, attention, counterfactuals = _merged_maps(merger, volume, cf_names, smoothing, card.get("task"))
     peak_index, peak_lps, territory = _saliency_peak(volume, saliency, card, brain, warnings)
 
     result = AnalysisResult(
@@ -454,10 +453,11 @@ def _attend(acat, x, sal, size) -> tuple:
     return torch.softmax(logits.float(), dim=1).cpu().numpy(), masks, weights
 
 
-def _merged_maps(merger, volume, cf_names, smoothing, band) -> tuple:
+def _merged_maps(merger, volume, cf_names, smoothing, task) -> tuple:
     """(saliency scaled to max 1, attention {name: Volume}, counterfactuals {class: Volume in HU}).
     The saliency is made on the input grid from the merged changes (``input_grid_saliency``), without
-    those within ``band`` model-grid pixels of the organ mask's edge (``inner_region``)."""
+    those within the ``task``'s ``EDGE_BAND`` of the organ mask's edge (``inner_region``; none when
+    ``smoothing`` is 0: the paper's map)."""
     attention = {name: merger.volume_of(f"attention {name}") for name in ATTENTION_NAMES}
     counterfactuals, deltas = {}, []
     for name in cf_names:
@@ -465,6 +465,7 @@ def _merged_maps(merger, volume, cf_names, smoothing, band) -> tuple:
         cf = (volume.array.astype(np.float32) + deltas[-1]).astype(np.float32)
         counterfactuals[name] = volume.with_array(cf, kind="counterfactual", target=name)
     sizes = _input_pixel_sizes(merger.prepared[0])
+    band = EDGE_BAND.get(task, 0.0) if smoothing else 0.0
     keep = merger.keep if merger.keep is None else inner_region(merger.keep, sizes, band)
     sigmas = tuple(0.0 if size is None else smoothing / size for size in sizes)
     saliency = volume.with_array(input_grid_saliency(deltas, sigmas, keep), kind="saliency")
