@@ -72,7 +72,8 @@ DEFAULTS = {
                  "saliency_with_acat": True, "max_saliency_cases": 60, "noise_std": 1.0,
                  "variance_cases": 16,
                  # smooth_sigma: every method's map smoothed in-plane (model-grid pixels) before it is
-                 # scored, as analyze smooths the map it shows; 0 = the paper's maps as they are
+                 # scored, as analyze smooths the map it shows (not its organ bound and lung edge band:
+                 # bench/bench_lung_shown_maps.py); 0 = the paper's maps as they are
                  "smooth_sigma": 0.0},
     "runtime": {"device": "auto", "bf16": True, "channels_last": True, "num_workers": 0, "threads": None,
                 "deterministic": True, "tensorboard": True, "progress": True},

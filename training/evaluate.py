@@ -159,8 +159,9 @@ def _saliency_map(method: str, models: SaliencyModels, batch: dict, cfg, rt) -> 
 
 
 def smoothed(s: np.ndarray, sigma: float) -> np.ndarray:
-    """The (S, H, W) map ``s`` as ``analyze`` shows it at smoothing ``sigma`` (model-grid pixels, in-plane;
-    ``ACATCore.analysis_maps.shown_saliency``); ``s`` itself for 0."""
+    """The (S, H, W) map ``s`` smoothed in-plane by ``sigma`` model-grid pixels, as ``analyze`` smooths the map
+    it shows (``ACATCore.analysis_maps.shown_saliency``; analyze also bounds it to the organ first and, for lung,
+    drops an edge band: bench/bench_lung_shown_maps.py scores that); ``s`` itself for 0."""
     from ACATCore.analysis_maps import shown_saliency
     return shown_saliency(torch.from_numpy(s)[None, :, None], float(sigma))[0, :, 0].numpy() if sigma else s
 
