@@ -342,6 +342,28 @@ def test_init_from_baseline_copies_both_branches():
     assert torch.equal(smic.heads[1].weight, base.heads[1].weight)
 
 
+def test_conv_layer_pools_before_its_relu_with_the_same_numbers_and_gradients():
+    """The brain trunk's layer pools before its ReLU (a quarter of the ReLU's work): conv-BN-ReLU-pool's
+    outputs and gradients exactly, and still no in-place ReLU and the same parameter names."""
+    from ACATCore.models.backbones import ConvLayer
+    torch.manual_seed(0)
+    layer = ConvLayer(3, 8, pool=True).train()
+    assert [type(m).__name__ for m in layer] == ["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"]
+    assert not layer[3].inplace and set(dict(layer.named_parameters())) == {"0.weight", "1.weight", "1.bias"}
+    paper_order = nn.Sequential(layer[0], layer[1], nn.ReLU(), nn.MaxPool2d(2))
+    x = torch.randn(4, 3, 20, 16)
+    outs, grads = [], []
+    for net in (layer, paper_order):
+        out = net(x)
+        (out * torch.linspace(-1, 2, out.numel()).reshape(out.shape)).sum().backward()
+        outs.append(out.detach())
+        grads.append(layer[0].weight.grad.clone())
+        layer.zero_grad()
+    assert outs[0].shape == (4, 8, 10, 8) and (outs[0] == 0).any() and torch.equal(outs[0], outs[1])
+    torch.testing.assert_close(grads[0], grads[1])
+    assert [type(m).__name__ for m in ConvLayer(3, 8, pool=False)] == ["Conv2d", "BatchNorm2d", "ReLU"]
+
+
 def test_autoencoder():
     ae = build_model("autoencoder")
     assert ae.config == {"stem_channels": 128, "encoder_channels": [6, 12, 16], "decoder_channels": [16, 12, 12],

@@ -37,7 +37,7 @@ class Runtime:
         results to float rounding; bench/bench_training_speed.py measures it). A net that `trains` and
         has a strided 1x1 convolution stays contiguous: the channels-last weight gradient of such a
         convolution crashes the process in torch 2.13's CPU build (e.g. 6 -> 12 channels, stride 2, a
-        batch of 32 x 80 x 64: the autoencoder's encoder)."""
+        batch of 32 x 80 x 64; the autoencoder and the lung ResNet avoid it: ``models.common.StridedPointwise``)."""
         model = model.to(self.device)
         if not self.channels_last or (trains and has_strided_1x1(model)):
             return model

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .common import as_int_list, fold, relu, unfold
+from .common import StridedPointwise, as_int_list, fold, relu, unfold
 
 
 class BasicBlock(nn.Module):
@@ -28,7 +28,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(StridedPointwise(c_in, c_out, stride), nn.BatchNorm2d(c_out))
         self.act2 = relu()
 
     def forward(self, x):

@@ -79,6 +79,29 @@ def unfold(t: torch.Tensor, batch: int) -> torch.Tensor:
     return t.reshape(batch, t.shape[0] // batch, *t.shape[1:])
 
 
+class StridedPointwise(nn.Conv2d):
+    """A 1x1 convolution with stride s, computed as a 1x1 convolution of every s-th pixel: the same numbers and the
+    same weights (``weight``, ``bias``), but it trains in channels-last memory format, where torch 2.13's CPU weight
+    gradient of a strided 1x1 convolution crashes the process (``training.runtime.has_strided_1x1``)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, bias: bool = False, device=None):
+        super().__init__(c_in, c_out, 1, bias=bias, device=device)
+        self.step = stride
+
+    @classmethod
+    def replacing(cls, conv: nn.Conv2d) -> "StridedPointwise":
+        """The same convolution (a 1x1 one with equal strides) as a StridedPointwise, its weights shared."""
+        if conv.kernel_size != (1, 1) or conv.padding != (0, 0) or conv.groups != 1 or len(set(conv.stride)) != 1:
+            raise ValueError(f"not a plain strided 1x1 convolution: {conv}")
+        new = torch.nn.utils.skip_init(cls, conv.in_channels, conv.out_channels, conv.stride[0],
+                                       bias=conv.bias is not None)        # draws no random numbers
+        new.weight, new.bias = conv.weight, conv.bias
+        return new
+
+    def forward(self, x):
+        return super().forward(x[..., ::self.step, ::self.step])
+
+
 def relu() -> nn.ReLU:
     """ReLU that is never in place, so forward/backward hooks (Grad-CAM, Captum) see true values."""
     return nn.ReLU(inplace=False)
