@@ -255,10 +255,11 @@ def _prepare_all(volume, spec, coverage, prog):
         canonical = to_canonical(volume)
         brain = extract_brain(canonical.array, canonical.spacing)
         n_slices = brain.slices[1] - brain.slices[0] + 1
-    elif spec.get("lung_extraction"):    # found once for every sampling
-        from .lung_mask import require_lungs
+    elif spec.get("lung_extraction") or spec.get("lung_box"):    # found once for every sampling
+        from .lung_mask import lung_slices, require_lungs
         canonical = to_canonical(volume)
         lungs = require_lungs(canonical.array, canonical.spacing)
+        n_slices = lung_slices(lungs)[1] if spec.get("lung_box") else n_slices
     offsets = sampling_offsets(n_slices, spec, coverage)
     prepared, seen = [], set()
     for n, off in enumerate(offsets):

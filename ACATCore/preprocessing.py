@@ -16,6 +16,9 @@
    **Lung extraction** (``"lung_extraction": true``, an option the shipped lung bundle does not use): the lungs are
    found in the CT itself (:mod:`ACATCore.lung_mask`) and everything outside them, widened by a margin,
    takes the window's lower value; slices and field of view are not changed.
+   **Lung box** (``"lung_box": true``): the lungs are found the same way; slices are sampled between their
+   first and last slice and each slice is cropped around both lungs (:func:`lung_box`), so the scan's field of
+   view, its coverage along the body and the patient's size no longer set where the lungs lie in the input.
 2. **Slice sampling**: S slices, evenly spaced and centred: slice ``s`` sits at the continuous
    position ``(s + 0.5 + o) * K / S - 0.5`` of the K canonical slices, rounded, with ``o = offset`` for
    ``offset < 0.5`` and ``offset - 1`` otherwise. ``offset = 0`` is the centred grid; the offsets of
@@ -56,6 +59,7 @@ from .volume import Volume
 
 ORIENTATIONS = ("LPS-axial",)
 BOX_MARGIN = 0.06        # brain extraction: crop margin on each side, as a fraction of the brain's extent
+LUNG_BOX_MARGIN = 0.1    # lung box: the same around both lungs (the chest wall next to them stays in view)
 MIDLINES = ("center", "symmetry", None)
 SLAB_MEANS = ("all", "brain")
 
@@ -143,7 +147,7 @@ def _few_slices_note(count: int, S: int, spec: dict) -> str:
     """The warning for a volume (or brain) of fewer slices than the model reads. Slabs of single slices
     are what thick-slice scans give a many-slab model (trained so), so with slabs only fewer than S / 2
     slices (some used three or more times) is warned."""
-    where = "brain spans" if spec["brain_extraction"] else "volume has"
+    where = "brain spans" if spec["brain_extraction"] else "lungs span" if spec.get("lung_box") else "volume has"
     if spec["slab"]:
         return f"the {where} {count} slices, fewer than half the model's {S} slabs: some slices are used 3+ times"
     return f"the {where} {count} slices, fewer than the model's {S}: some slices are used twice"
@@ -180,12 +184,12 @@ def check_spec(spec: dict) -> dict:
     if midline not in MIDLINES:
         raise ConfigError(f"midline {midline!r} unknown; use 'center', 'symmetry' or null")
     extraction, slab = spec.get("brain_extraction", False), spec.get("slab", False)
-    lungs = spec.get("lung_extraction", False)
-    for key, flag in (("brain_extraction", extraction), ("lung_extraction", lungs)):
+    lungs, box = spec.get("lung_extraction", False), spec.get("lung_box", False)
+    for key, flag in (("brain_extraction", extraction), ("lung_extraction", lungs), ("lung_box", box)):
         if not isinstance(flag, bool):
             raise ConfigError(f"{key} must be true or false, not {flag!r}")
-    if extraction and lungs:
-        raise ConfigError("brain_extraction and lung_extraction exclude each other: a model reads one organ")
+    if extraction and (lungs or box):
+        raise ConfigError("brain_extraction excludes lung_extraction and lung_box: a model reads one organ")
     if not isinstance(slab, bool):
         raise ConfigError(f"slab must be true or false, not {slab!r}")
     slab_mean = spec.get("slab_mean", "all")
@@ -197,6 +201,8 @@ def check_spec(spec: dict) -> dict:
         out["slab_mean"] = slab_mean
     if lungs:
         out["lung_extraction"] = True
+    if box:
+        out["lung_box"] = True
     return out
 
 
@@ -234,7 +240,20 @@ def _paste(stack: np.ndarray, box, shape) -> np.ndarray:
 def brain_box(brain, spacing, size, margin: float = BOX_MARGIN) -> tuple:
     """In-plane crop (j0, j1, i0, i1) around the brain, with the model input's aspect ratio in mm and a
     ``margin`` on each side, centred on the brain's bounding box (so the midline lies near the centre)."""
-    (j0, j1, i0, i1), (cj, ci) = brain.box, brain.centre
+    return _box_around(brain.box, brain.centre, spacing, size, margin)
+
+
+def lung_box(lungs: np.ndarray, spacing, size, margin: float = LUNG_BOX_MARGIN) -> tuple:
+    """(first slice, number of slices, in-plane crop) of the lungs (a canonical mask): the slices from the lungs'
+    first to their last, and a crop around both lungs as :func:`brain_box` makes one around the brain."""
+    from .lung_mask import lung_slices
+    js, i_s = (np.flatnonzero(lungs.any(axis=axes)) for axes in ((0, 2), (0, 1)))
+    centre = ((js[0] + js[-1]) / 2, (i_s[0] + i_s[-1]) / 2)
+    return (*lung_slices(lungs), _box_around((js[0], js[-1], i_s[0], i_s[-1]), centre, spacing, size, margin))
+
+
+def _box_around(bounds, centre, spacing, size, margin: float) -> tuple:
+    (j0, j1, i0, i1), (cj, ci) = bounds, centre
     sx, sy = float(spacing[0]), float(spacing[1])
     H, W = size
     height_mm = max((j1 - j0 + 1) * sy, (i1 - i0 + 1) * sx * H / W) * (1 + 2 * margin)
@@ -432,10 +451,12 @@ def prepare(volume: Volume, spec: dict, offset: float = 0.0, brain=None, lungs=N
         first, count = brain.slices[0], brain.slices[1] - brain.slices[0] + 1
         box = brain_box(brain, canonical.spacing, (H, W))
     keep = brain.mask if brain is not None else None
-    if spec.get("lung_extraction"):
+    if spec.get("lung_extraction") or spec.get("lung_box"):
         from .lung_mask import input_region, require_lungs
         lungs = require_lungs(canonical.array, canonical.spacing) if lungs is None else lungs
-        keep = input_region(lungs, canonical.spacing)
+        keep = input_region(lungs, canonical.spacing) if spec.get("lung_extraction") else keep
+        if spec.get("lung_box"):
+            first, count, box = lung_box(lungs, canonical.spacing, (H, W))
     if count < (S / 2 if spec["slab"] else S):
         notes.append(_few_slices_note(count, S, spec))
         warnings.warn(notes[-1], stacklevel=2)
@@ -454,7 +475,7 @@ def prepare(volume: Volume, spec: dict, offset: float = 0.0, brain=None, lungs=N
     return Prepared(tensor=tensor, input=volume,
                     canonical=canonical, canonical_indices=ks, perm=perm, flip=flip, spec=spec,
                     offset=float(offset), midline=midline, warnings=notes, box=box, brain=brain, slabs=slabs,
-                    lungs=lungs if spec.get("lung_extraction") else None)
+                    lungs=lungs if spec.get("lung_extraction") or spec.get("lung_box") else None)
 
 
 def _sampled_stack(array: np.ndarray, lo: float, hi: float, ks, slabs, keep, slab_mean: str = "all") -> np.ndarray:

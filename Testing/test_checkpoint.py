@@ -239,6 +239,11 @@ def test_new_optional_card_keys_are_accepted(saved):
     _edit_card(path, preprocessing={**PREP, "lung_extraction": 1})
     with pytest.raises(ModelFileError, match="lung_extraction"):
         load_model(path)
+    _edit_card(path, preprocessing={**PREP, "lung_box": True})
+    load_model(path)
+    _edit_card(path, preprocessing={**PREP, "lung_box": "yes"})
+    with pytest.raises(ModelFileError, match="lung_box"):
+        load_model(path)
 
 
 def test_nan_weights_with_a_matching_hash_are_refused(saved):

@@ -330,15 +330,22 @@ def test_acat_alone_prints_usage_on_stderr(capsys):
     assert code == 2 and out == "" and err.startswith("usage: acat") and "acat: error:" in err
 
 
-def test_a_lung_model_reading_the_lungs_only_refuses_a_head_ct(tmp_path, capsys):
+@pytest.mark.parametrize("key", ["lung_extraction", "lung_box"])
+def test_a_lung_model_that_finds_the_lungs_refuses_a_head_ct(tmp_path, capsys, key):
     from ACATCore.resources import resource_path
-    lungs_only = make_bundle(tmp_path / "bundle", "lung", preprocessing_extra={"lung_extraction": True})
+    lungs_only = make_bundle(tmp_path / "bundle", "lung", preprocessing_extra={key: True})
     head = resource_path("data", "ACATSampleHeadCT.nrrd")
     code, _, err = run(["analyze", head, "--model", lungs_only, "--out", tmp_path / "head", *FAST], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "no lungs were found" in err and "brain model" in err
     assert not (tmp_path / "head").exists()
-    code, _, err = run(["analyze", chest_ct_path(), "--model", lungs_only, "--out", tmp_path / "chest", *FAST], capsys)
+    code, _, err = run(["analyze", chest_ct_path(), "--model", lungs_only, "--out", tmp_path / "chest", *FAST,
+                        "--coverage", "full"], capsys)
     assert code == 0, err
     result = json.loads((tmp_path / "chest" / "result.json").read_text())
-    assert result["model"]["preprocessing"]["lung_extraction"] is True
+    assert result["model"]["preprocessing"][key] is True
+    from ACATCore.io import read_volume
+    from ACATCore.lung_mask import find_lungs, lung_slices
+    chest = read_volume(chest_ct_path())                          # its slice axis runs inferior -> superior
+    first, count = lung_slices(find_lungs(np.asarray(chest.array), chest.spacing)) if key == "lung_box" else (0, 34)
+    assert result["slices_seen"] == list(range(first, first + count))     # full coverage: the lungs' slices

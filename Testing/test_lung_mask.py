@@ -21,6 +21,21 @@ def test_lungs_of_the_real_chest_ct_match_its_segmentation():
     assert not lungs[:, 0].any() and not lungs[:, :, -1].any()             # the air around the body is out
 
 
+def test_a_lung_cut_by_a_narrow_field_of_view_is_still_found():
+    """Cut at the side so that a lung touches the image's left or right border (a small reconstruction field of
+    view): it is still a lung, not the air around the body, which reaches the anterior or posterior border."""
+    base = synth.lung_base()
+    ct = base["volume"]
+    full = find_lungs(ct.array, ct.spacing)
+    cols = np.flatnonzero(full.any(axis=(0, 1)))
+    for cut in (np.s_[:, :, cols[0] + 3:], np.s_[:, :, :cols[-1] - 3]):
+        a = np.asarray(ct.array)[cut]
+        lungs = find_lungs(a, ct.spacing)
+        assert lungs is not None and (lungs[:, :, 0].any() or lungs[:, :, -1].any())   # it touches the border
+        assert (lungs & full[cut]).sum() / full[cut].sum() > 0.98
+        assert not lungs[:, 0].any() and not lungs[:, -1].any()
+
+
 def test_most_of_the_findings_stay_in_the_mask():
     rng = np.random.default_rng(5)
     covered = []

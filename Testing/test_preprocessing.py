@@ -172,7 +172,8 @@ def test_bad_spec_is_a_config_error():
     v = linear_volume(np.eye(3))
     for bad in ({**SPEC, "window": [100, 0]}, {**SPEC, "midline": "left"}, {**SPEC, "orientation": "RAS"},
                 {"slices": 3}, {**SPEC, "slab": "yes"}, {**SPEC, "lung_extraction": "yes"},
-                {**SPEC, "lung_extraction": True, "brain_extraction": True}):
+                {**SPEC, "lung_extraction": True, "brain_extraction": True}, {**SPEC, "lung_box": 1},
+                {**SPEC, "lung_box": True, "brain_extraction": True}):
         with pytest.raises(ConfigError):
             prepare(v, bad)
 
@@ -195,6 +196,45 @@ def test_lung_extraction_keeps_the_ct_around_the_lungs_only():
     assert (b[~ndimage.binary_dilation(keep, structure=np.ones((1, 3, 3), bool))] == 0).all()
     assert (a[~keep] > 0.5).mean() > 0.2                                 # the body that was there is gone
     assert plain.lungs is None
+
+
+def test_the_lung_box_reads_the_same_lungs_whatever_the_field_of_view_and_coverage():
+    """A wider field of view (the chest padded with air) or a scan that reaches far below the lungs (slices of
+    abdomen added) moves and shrinks the lungs in the plain input, not in the lung box's."""
+    from ACATCore.data import synth
+    from ACATCore.errors import InputError
+    from ACATCore.lung_mask import find_lungs
+    chest = synth.lung_base()["volume"]                                  # slicerio's real chest CT
+    spec = {**SPEC, "window": [-1000, 400], "slices": 11, "size": [64, 64]}
+    a = np.asarray(chest.array)
+    body = ndimage.binary_fill_holes(a[0] > -500)                     # an abdomen: the body, no air inside
+    abdomen = np.repeat(np.where(body, 40, -1024)[None], 12, axis=0).astype(a.dtype)
+    wide, long = (Volume(x, chest.spacing, chest.origin, chest.direction)
+                  for x in (np.pad(a, ((0, 0), (20, 20), (20, 20)), constant_values=-1024),
+                            np.concatenate([abdomen, a])))             # the first array slice is the inferior one
+    canonical = to_canonical(chest)
+    lungs = find_lungs(canonical.array, canonical.spacing)
+    boxed = prepare(chest, {**spec, "lung_box": True})
+    assert check_spec({**spec, "lung_box": True})["lung_box"] is True and "lung_box" not in check_spec(spec)
+    ks = np.flatnonzero(lungs.any(axis=(1, 2)))
+    assert boxed.canonical_indices.min() >= ks[0] and boxed.canonical_indices.max() <= ks[-1]
+    j0, j1, i0, i1 = boxed.box
+    js, i_s = np.flatnonzero(lungs.any(axis=(0, 2))), np.flatnonzero(lungs.any(axis=(0, 1)))
+    assert j0 < js[0] and j1 > js[-1] and i0 < i_s[0] and i1 > i_s[-1]  # both lungs and a margin
+    assert (j1 - j0) < 0.95 * a.shape[1]                                 # a crop, not the whole slice
+    for shifted in (wide, long):
+        plain = prepare(shifted, spec).tensor
+        moved = prepare(shifted, {**spec, "lung_box": True})
+        assert moved.lungs is not None
+        np.testing.assert_allclose(moved.tensor.numpy(), boxed.tensor.numpy(), atol=1e-5)
+        assert plain.shape == boxed.tensor.shape and not torch.allclose(plain, prepare(chest, spec).tensor)
+    model_map = np.zeros((11, 64, 64), np.float32)
+    model_map[5, 32, 32] = 1.0
+    back = boxed.to_canonical_grid(model_map)                            # maps go back through the box
+    k, j, i = np.unravel_index(np.argmax(back), back.shape)
+    assert abs(j - (j0 + j1) / 2) < 3 and abs(i - (i0 + i1) / 2) < 3
+    with pytest.raises(InputError, match="no lungs were found"):
+        prepare(chest.with_array(np.full_like(a, 40)), {**spec, "lung_box": True})
 
 
 # ------------------------------------------------------------------------------ slabs

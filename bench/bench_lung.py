@@ -9,11 +9,13 @@ Columns: ACAT and baseline accuracy (``probabilities`` and ``baseline_probabilit
 sensitivity and specificity (ACAT), over the scans with findings: the share whose saliency peak lies in a
 finding (the lung task's hit: its findings have no territories) and in a lung (analyze's ``peak_index``:
 for lung models the map's arg-max), the share whose brain-style peak (``salient_peak``: the maximum of the
-map's most salient region, not used for lung) lies in a finding; seconds per analysis.
+map's most salient region, not used for lung) lies in a finding; seconds per analysis. ``--shifts`` adds rows of
+the same cases under one acquisition shift each (bench/lung_shifts.py: field of view, coverage, pixel and slice
+size, noise, calibration, patient size).
 Prints a table; asserts nothing.
 
     python bench/bench_lung.py [--bundle lung] [--n 40] [--seed 1234] [--rows default,paper,early]
-                              [--coverage sampled|full]
+                              [--coverage sampled|full] [--shifts fov50,abdomen,...]
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from ACATCore.analysis_maps import PEAK_TOP, salient_peak
 from ACATCore.data import synth
 from ACATCore.pipeline import analyze
 from ACATCore.volume import Volume
+from lung_shifts import SHIFTS, shifted
 from searches import SEARCHES
 
 DEMO = {"involvement": [0.1, 0.3]}
@@ -39,9 +42,11 @@ def fresh_cases(n: int, seed: int):
         yield Volume(case["image"], case["spacing"], case["origin"], case["direction"]), label, case
 
 
-def run_row(row: str, bundle: str, cases: list, coverage: str = "sampled") -> dict:
+def run_row(row: str, bundle: str, cases: list, coverage: str = "sampled", shift: str = "") -> dict:
     acat, base, peaks, seconds = [], [], [], []
-    for volume, label, case in cases:
+    for index, (volume, label, case) in enumerate(cases):
+        if shift:
+            volume, case = shifted(shift, volume, case, np.random.default_rng(index))
         start = time.perf_counter()
         result = analyze(volume, model=bundle, coverage=coverage, device="cpu", **SEARCHES[row])
         seconds.append(time.perf_counter() - start)
@@ -53,8 +58,9 @@ def run_row(row: str, bundle: str, cases: list, coverage: str = "sampled") -> di
             peaks.append((case["mask"][k, j, i] > 0, case["regions"][k, j, i] > 0, case["mask"][region] > 0))
     y, acat, base = np.array([c[1] for c in cases]), np.array(acat), np.array(base)
     peaks = np.array(peaks, dtype=float).reshape(-1, 3)
-    return {"row": row, "n": len(cases), "acat": (acat == y).mean(), "baseline": (base == y).mean(),
-            "sensitivity": (acat[y > 0] > 0).mean(), "specificity": (acat[y == 0] == 0).mean(),
+    return {"row": f"{row} {shift}".strip(), "n": len(cases), "acat": (acat == y).mean(),
+            "baseline": (base == y).mean(), "sensitivity": (acat[y > 0] > 0).mean(),
+            "specificity": (acat[y == 0] == 0).mean(),
             "in_finding": peaks[:, 0].mean(), "in_lung": peaks[:, 1].mean(), "region_in_finding": peaks[:, 2].mean(),
             "seconds": float(np.mean(seconds))}
 
@@ -68,20 +74,24 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--coverage", default="sampled", choices=["sampled", "full"],
                     help="analyze's coverage (default sampled: the paper's single sampling)")
+    ap.add_argument("--shifts", default="", help=f"also each search on the cases shifted: {','.join(SHIFTS)}")
     args = ap.parse_args(argv)
+    shifts = [""] + [s.strip() for s in args.shifts.split(",") if s.strip()]
     rows = [r.strip() for r in args.rows.split(",")]
     unknown = [r for r in rows if r not in SEARCHES]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}: choose from {', '.join(SEARCHES)}")
+    if any(s not in SHIFTS for s in shifts[1:]):
+        raise SystemExit(f"unknown shifts in {args.shifts!r}: choose from {', '.join(SHIFTS)}")
     torch.set_num_threads(args.threads)
     cases = list(fresh_cases(args.n, args.seed))
     print(f"lung bundle {args.bundle!r} on fresh ACAT-Synth chest CT (generator seed {args.seed}, "
           f"{args.n} scans, coverage {args.coverage})")
-    print(f"{'search':<10}{'n':>4}{'ACAT':>8}{'baseline':>10}{'sens':>7}{'spec':>7}{'in-find':>9}"
+    print(f"{'search':<20}{'n':>4}{'ACAT':>8}{'baseline':>10}{'sens':>7}{'spec':>7}{'in-find':>9}"
           f"{'in-lung':>9}{'region-in-find':>15}{'s/case':>8}")
-    for row in rows:
-        r = run_row(row, args.bundle, cases, args.coverage)
-        print(f"{r['row']:<10}{r['n']:>4}{100 * r['acat']:>7.1f}%{100 * r['baseline']:>9.1f}%"
+    for row, shift in [(row, shift) for row in rows for shift in shifts]:
+        r = run_row(row, args.bundle, cases, args.coverage, shift)
+        print(f"{r['row']:<20}{r['n']:>4}{100 * r['acat']:>7.1f}%{100 * r['baseline']:>9.1f}%"
               f"{100 * r['sensitivity']:>6.0f}%{100 * r['specificity']:>6.0f}%{100 * r['in_finding']:>8.0f}%"
               f"{100 * r['in_lung']:>8.0f}%{100 * r['region_in_finding']:>14.0f}%{r['seconds']:>8.2f}",
               flush=True)
