@@ -22,8 +22,9 @@ The steps, on a canonical LPS-axial array ``[k, j, i]`` in HU:
    a finding in 31% of the positives without a mask, 41% with this one, 31-34% with 10-20 mm closings).
    Dense consolidation against the chest wall has the wall's HU and stays partly outside (the mask holds
    about 80% of the findings' voxels).
-5. **Plausibility**: at least ``MIN_LUNG_ML`` in all; otherwise None (a head CT, a cropped field of view
-   that cuts the lungs): ``analyze`` then shows the maps everywhere and says why.
+5. **Plausibility**: at least ``MIN_LUNG_ML`` in all; otherwise None (a head CT, a field of view that cuts
+   the lungs at the front or back): ``analyze`` then shows the maps everywhere and says why, and a model that
+   reads the lungs only (``lung_box``, ``lung_extraction``) refuses the CT (:func:`require_lungs`).
 
 **Lung extraction** (a model card's ``"lung_extraction": true``, :mod:`ACATCore.preprocessing`): the model
 input keeps the CT only in :func:`input_region`, the lungs widened in-plane by ``INPUT_MARGIN_MM`` (a square,
