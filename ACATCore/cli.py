@@ -297,7 +297,10 @@ def _print_result(result, out: Path):
         where = ", ".join(f"{v:.1f}" for v in result.peak_lps)
         terr = f", territory {result.peak_territory}" if result.peak_territory else ""
         print(f"saliency peak at LPS ({where}) mm{terr}")
-    print(f"model saw {len(result.slices_seen)} of {len(result.slice_weights)} slices")
+    spec = result.model_card.get("preprocessing", {})
+    organ = " (those holding the brain)" if spec.get("brain_extraction") else \
+        " (those holding the lungs)" if spec.get("lung_box") else ""
+    print(f"model saw {len(result.slices_seen)} of {len(result.slice_weights)} slices{organ}")
     report = out / "report" / "index.html"
     print(f"outputs: {display_path(out)}" + (f"\nreport:  {display_path(report)}" if report.exists() else ""))
 

@@ -11,8 +11,8 @@ The steps, on a canonical LPS-axial array ``[k, j, i]`` in HU:
 2. **Inside the body**: the 3-D parts of that air that touch neither the anterior nor the posterior border
    of the image; the air around the body, under the table and in the gantry touches one. A lung that a
    narrow field of view cuts touches only the left or right border, and stays (on 24 fresh chest CT cut to
-   32 cm, 5 had a lung touching the border, all found so; the air around the body surrounds it, so it
-   always reaches the anterior or posterior border unless the body fills the image top to bottom).
+   32 cm, 5 had a lung touching the border, all found so; the air around the body reaches the anterior or
+   posterior row, at least at the image's corners, unless the body covers a whole row).
 3. **Lungs**: those parts of at least ``MIN_PART_ML`` and ``LARGEST_SHARE`` of the largest one (gas
    bubbles, the stomach's and the bowel's gas are dropped).
 4. **Whole lungs**: each lung of each slice closed in-plane by ``CLOSE_MM`` and its holes filled, so

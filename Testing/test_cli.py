@@ -323,6 +323,11 @@ def test_analyze_says_when_acat_gives_its_baselines_probabilities(tmp_path, caps
                                 baseline_probabilities=None if base is None else np.array(base))
         _print_result(result, tmp_path)
         assert (SAME_AS_BASELINE_NOTE in capsys.readouterr().out) is said, (acat, base)
+    for spec, why in (({"lung_box": True}, " (those holding the lungs)"),
+                      ({"brain_extraction": True}, " (those holding the brain)"), ({}, "")):
+        result.model_card = {"preprocessing": spec}          # the slices a model that finds its organ skips
+        _print_result(result, tmp_path)
+        assert f"model saw 2 of 2 slices{why}\n" in capsys.readouterr().out
 
 
 def test_acat_alone_prints_usage_on_stderr(capsys):

@@ -34,7 +34,8 @@ from bench_lung_peaks import per_seed                          # noqa: E402
 
 METHODS = ("counterfactual", "latent_shift", "integrated_gradients", "gradient", "gradcam")
 WAYS = ("as made", "in the lungs, smoothed", "shown (edge band dropped)")
-MODEL_GRID_MM = (6.1, 6.1, 31.0)   # an ACAT-Synth chest CT (128 px of 3.05 mm, 34 x 10 mm) on the 64 x 64 x 11 grid
+MODEL_GRID_MM = (6.1, 6.1, 31.0)   # an ACAT-Synth chest CT (128 px of 3.05 mm, 34 x 10 mm) on the 64 x 64 x 11 grid;
+# a lung-box run's grid is finer (about 4.7 x 4.7 x 25 mm): only find_lungs' ml thresholds move, far below a lung
 
 
 def scored_ways(sal: torch.Tensor, lungs: np.ndarray, findings: np.ndarray) -> list:
