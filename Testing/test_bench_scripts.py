@@ -54,3 +54,28 @@ def test_stage_steps_projects_each_stage_from_its_step_time_and_the_config():
     assert abs(minutes - s * -(-train * 2 // 32) * 8 / 60) < 1e-9          # 56 slices: 2 steps of 32, 8 epochs
     s, minutes = rows["maps"]
     assert abs(minutes - s * 40 / 2 / 60) < 1e-9                            # every volume, over 2 processes
+
+
+def test_lung_shifts_move_the_breath_and_the_pose_with_their_labels():
+    """bench/lung_shifts.py's anatomy shifts: the breath changes the lungs' air-like voxels only, and a turn or a
+    flatter chest moves the image, the findings and the lungs together."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import numpy as np
+    from lung_shifts import shifted
+    from ACATCore.data import synth
+    from ACATCore.volume import Volume
+    case = synth.make_case("lung", 4321, 0, 1, options={"involvement": [0.2, 0.3]})
+    volume = Volume(case["image"], case["spacing"], case["origin"], case["direction"])
+    image = volume.array.astype(np.float64)
+    rng = np.random.default_rng(0)
+    denser, moved = shifted("lungs+60", volume, case, rng)
+    change = denser.array - image
+    parenchyma = (case["regions"] > 0) & (case["mask"] == 0)
+    assert np.all(np.abs(change[parenchyma] - 60) <= 1) and np.all(change[~parenchyma & (image > -1000)] == 0)
+    for name in ("rotate10", "aspect1.15"):
+        turned, moved = shifted(name, volume, case, rng)
+        lungs, findings = moved["regions"] > 0, moved["mask"] > 0
+        assert abs(int(lungs.sum()) - int((case["regions"] > 0).sum())) < 0.05 * lungs.sum()   # area kept
+        assert np.median(turned.array[lungs & ~findings]) < -600                             # lungs still air
+        assert np.median(turned.array[findings]) > np.median(turned.array[lungs & ~findings]) + 100
+        assert not np.array_equal(lungs, case["regions"] > 0)

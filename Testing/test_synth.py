@@ -384,5 +384,5 @@ def test_acquisition_on_the_command_line(tmp_path, capsys):
         synth.main(["--task", "brain", "--n", "1", "--out", str(tmp_path), "--acquisition", "slice_mm=0"])
     assert "slice_mm" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        synth.main(["--task", "lung", "--n", "1", "--out", str(tmp_path), "--no-variety"])
+        synth.main(["--task", "lung", "--n", "1", "--out", str(tmp_path), "--acquisition", "slice_mm=5"])
     assert not (tmp_path / "datalist.json").exists()

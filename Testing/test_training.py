@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from ACATCore.data import synth
 from ACATCore.errors import ACATError, ConfigError
 from training import augment, cards, config, data, evaluate as E, loop, tables
 from training.runtime import Runtime, setup_runtime, shutdown
@@ -170,6 +171,7 @@ def test_synth_options_reach_the_generator_and_the_cache(tmp_path):
     assert json.loads((data.prepare_dataset(cfg, rt) / "meta.json").read_text())["key"] != key
     card = cards.model_card(cfg, "baseline", 0, {"train": [1], "val": [1], "test": [1]}, {})
     assert '"involvement": [0.05, 0.1]' in card["data"]["description"]
+    assert f"generator version {synth.GENERATOR_VERSION}, seed" in card["data"]["description"]   # seeds' meaning
 
 
 def test_script_reports_bad_config_in_one_line(tmp_path):

@@ -9,13 +9,14 @@ Columns: ACAT and baseline accuracy (``probabilities`` and ``baseline_probabilit
 sensitivity and specificity (ACAT), over the scans with findings: the share whose saliency peak lies in a
 finding (the lung task's hit: its findings have no territories) and in a lung (analyze's ``peak_index``:
 for lung models the map's arg-max), the share whose brain-style peak (``salient_peak``: the maximum of the
-map's most salient region, not used for lung) lies in a finding; seconds per analysis. ``--shifts`` adds rows of
+map's most salient region, not used for lung) lies in a finding; seconds per analysis; scans analyze refused (no
+lungs found: counted wrong and, with findings, as a miss). ``--shifts`` adds rows of
 the same cases under one acquisition shift each (bench/lung_shifts.py: field of view, coverage, pixel and slice
-size, noise, calibration, patient size).
+size, noise, calibration, patient size, breath, pose). ``--plain``: the generator's plain chests (version 2's).
 Prints a table; asserts nothing.
 
     python bench/bench_lung.py [--bundle lung] [--n 40] [--seed 1234] [--rows default,paper,early]
-                              [--coverage sampled|full] [--shifts fov50,abdomen,...]
+                              [--coverage sampled|full] [--shifts fov50,abdomen,...] [--plain]
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch
 
 from ACATCore.analysis_maps import PEAK_TOP, salient_peak
 from ACATCore.data import synth
+from ACATCore.errors import InputError
 from ACATCore.pipeline import analyze
 from ACATCore.volume import Volume
 from lung_shifts import SHIFTS, shifted
@@ -35,20 +37,29 @@ from searches import SEARCHES
 DEMO = {"involvement": [0.1, 0.3]}
 
 
-def fresh_cases(n: int, seed: int):
-    """(volume, label, case) of ``n`` class-balanced demo-variant chest CT of generator seed ``seed``."""
+def fresh_cases(n: int, seed: int, plain: bool = False):
+    """(volume, label, case) of ``n`` class-balanced demo-variant chest CT of generator seed ``seed``;
+    ``plain``: the generator's plain chests (version 2's cases, before the lungs' density and pose varied)."""
+    options = {**DEMO, "variety": False} if plain else DEMO
     for index, label in enumerate(synth.class_plan(n, 2, seed)):
-        case = synth.make_case("lung", seed, index, label, options=DEMO)
+        case = synth.make_case("lung", seed, index, label, options=options)
         yield Volume(case["image"], case["spacing"], case["origin"], case["direction"]), label, case
 
 
 def run_row(row: str, bundle: str, cases: list, coverage: str = "sampled", shift: str = "") -> dict:
-    acat, base, peaks, seconds = [], [], [], []
+    acat, base, peaks, seconds, refused = [], [], [], [], 0
     for index, (volume, label, case) in enumerate(cases):
         if shift:
             volume, case = shifted(shift, volume, case, np.random.default_rng(index))
         start = time.perf_counter()
-        result = analyze(volume, model=bundle, coverage=coverage, device="cpu", **SEARCHES[row])
+        try:
+            result = analyze(volume, model=bundle, coverage=coverage, device="cpu", **SEARCHES[row])
+        except InputError:                  # no lungs found (a shift merged a lung cut at the side with the air)
+            refused += 1
+            acat.append(-1)
+            base.append(-1)
+            peaks += [(False, False, False)] if label else []
+            continue
         seconds.append(time.perf_counter() - start)
         acat.append(int(np.argmax(result.probabilities)))
         base.append(int(np.argmax(result.baseline_probabilities)))
@@ -62,7 +73,7 @@ def run_row(row: str, bundle: str, cases: list, coverage: str = "sampled", shift
             "baseline": (base == y).mean(), "sensitivity": (acat[y > 0] > 0).mean(),
             "specificity": (acat[y == 0] == 0).mean(),
             "in_finding": peaks[:, 0].mean(), "in_lung": peaks[:, 1].mean(), "region_in_finding": peaks[:, 2].mean(),
-            "seconds": float(np.mean(seconds))}
+            "seconds": float(np.mean(seconds)), "refused": refused}
 
 
 def main(argv=None) -> int:
@@ -74,6 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--coverage", default="sampled", choices=["sampled", "full"],
                     help="analyze's coverage (default sampled: the paper's single sampling)")
+    ap.add_argument("--plain", action="store_true",
+                    help="plain chests (variety off: the generator's cases before version 3)")
     ap.add_argument("--shifts", default="", help=f"also each search on the cases shifted: {','.join(SHIFTS)}")
     args = ap.parse_args(argv)
     shifts = [""] + [s.strip() for s in args.shifts.split(",") if s.strip()]
@@ -84,16 +97,18 @@ def main(argv=None) -> int:
     if any(s not in SHIFTS for s in shifts[1:]):
         raise SystemExit(f"unknown shifts in {args.shifts!r}: choose from {', '.join(SHIFTS)}")
     torch.set_num_threads(args.threads)
-    cases = list(fresh_cases(args.n, args.seed))
-    print(f"lung bundle {args.bundle!r} on fresh ACAT-Synth chest CT (generator seed {args.seed}, "
+    cases = list(fresh_cases(args.n, args.seed, args.plain))
+    print(f"lung bundle {args.bundle!r} on fresh {'plain ' if args.plain else ''}ACAT-Synth chest CT "
+          f"(generator seed {args.seed}, "
           f"{args.n} scans, coverage {args.coverage})")
     print(f"{'search':<20}{'n':>4}{'ACAT':>8}{'baseline':>10}{'sens':>7}{'spec':>7}{'in-find':>9}"
-          f"{'in-lung':>9}{'region-in-find':>15}{'s/case':>8}")
+          f"{'in-lung':>9}{'region-in-find':>15}{'s/case':>8}{'refused':>9}")
     for row, shift in [(row, shift) for row in rows for shift in shifts]:
         r = run_row(row, args.bundle, cases, args.coverage, shift)
         print(f"{r['row']:<20}{r['n']:>4}{100 * r['acat']:>7.1f}%{100 * r['baseline']:>9.1f}%"
               f"{100 * r['sensitivity']:>6.0f}%{100 * r['specificity']:>6.0f}%{100 * r['in_finding']:>8.0f}%"
-              f"{100 * r['in_lung']:>8.0f}%{100 * r['region_in_finding']:>14.0f}%{r['seconds']:>8.2f}",
+              f"{100 * r['in_lung']:>8.0f}%{100 * r['region_in_finding']:>14.0f}%{r['seconds']:>8.2f}"
+              f"{r['refused']:>9}",
               flush=True)
     return 0
 

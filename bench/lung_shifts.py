@@ -12,6 +12,10 @@ image, finding mask and lung labels alike (linear interpolation for the image, n
   noise2x    20 HU more of correlated noise (about twice the generator's)
   hu+20      a calibration offset of +20 HU
   scale0.87, scale1.15   a smaller or larger patient (in-plane scale about the slice's centre)
+  lungs+60   lung parenchyma 60 HU denser (a shallower breath), findings unchanged
+  lungs-40   lung parenchyma 40 HU lighter (a deeper breath)
+  rotate10   the patient turned 10 degrees in the slice plane
+  aspect1.15 a wider, flatter chest (left-right x 1.15, front-back / 1.15)
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from scipy import ndimage as ndi
 
 from ACATCore.volume import Volume
 
-SHIFTS = ("fov50", "fov32", "abdomen", "pixel1.5", "slices2.5", "noise2x", "hu+20", "scale0.87", "scale1.15")
+SHIFTS = ("fov50", "fov32", "abdomen", "pixel1.5", "slices2.5", "noise2x", "hu+20", "scale0.87", "scale1.15",
+          "lungs+60", "lungs-40", "rotate10", "aspect1.15")
 
 
 def _zoom(arrays, factors):
@@ -28,11 +33,16 @@ def _zoom(arrays, factors):
     return (ndi.zoom(image, factors, order=1), *(ndi.zoom(a, factors, order=0) for a in labels))
 
 
-def _scaled(a, s: float, order: int, fill: float):
-    """``a`` (k, j, i) scaled in-plane by ``s`` about the slice's centre."""
+def _scaled(a, scale: float, order: int, fill: float, aspect: float = 1.0, deg: float = 0.0):
+    """``a`` (k, j, i) scaled in-plane by ``scale`` (rows by scale / aspect, columns by scale * aspect) and turned
+    by ``deg`` about the slice's centre."""
     c = (np.array(a.shape[1:]) - 1) / 2
-    return ndi.affine_transform(a, np.diag([1.0, 1 / s, 1 / s]), np.array([0.0, *(c - c / s)]), order=order,
-                                cval=fill)
+    t = np.deg2rad(deg)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    inverse = np.diag([aspect / scale, 1 / (scale * aspect)]) @ rot.T                    # output (j, i) -> input (j, i)
+    matrix = np.eye(3)
+    matrix[1:, 1:] = inverse
+    return ndi.affine_transform(a, matrix, np.array([0.0, *(c - inverse @ c)]), order=order, cval=fill)
 
 
 def _transformed(name: str, image, mask, regions, spacing, rng):
@@ -58,9 +68,15 @@ def _transformed(name: str, image, mask, regions, spacing, rng):
         return image + noise * (20.0 / noise.std()), mask, regions, spacing
     if name == "hu+20":
         return image + 20.0, mask, regions, spacing
-    if name.startswith("scale"):
-        s = float(name[5:])
-        return _scaled(image, s, 1, -1024.0), _scaled(mask, s, 0, 0), _scaled(regions, s, 0, 0), spacing
+    if name.startswith("lungs"):
+        parenchyma = (regions > 0) & (mask == 0)
+        return np.where(parenchyma, image + float(name[5:]), image), mask, regions, spacing
+    if name.startswith(("scale", "aspect", "rotate")):
+        form = {"scale": float(name[5:]) if name.startswith("scale") else 1.0,
+                "aspect": float(name[6:]) if name.startswith("aspect") else 1.0,
+                "deg": float(name[6:]) if name.startswith("rotate") else 0.0}
+        return (_scaled(image, fill=-1024.0, order=1, **form), _scaled(mask, fill=0, order=0, **form),
+                _scaled(regions, fill=0, order=0, **form), spacing)
     raise SystemExit(f"unknown shift {name!r}: choose from {', '.join(SHIFTS)}")
 
 

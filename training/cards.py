@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ACATCore.data.synth import GENERATOR_VERSION
 from ACATCore.errors import ConfigError, ModelFileError
 from training.config import COMPETITORS, TASK_DEFAULTS
 from training.runtime import Runtime, unwrap
@@ -46,7 +47,7 @@ def data_description(cfg: dict) -> str:
         return f"datalist {data['datalist']}"
     options = {k: v for k, v in (data.get("synth_options") or {}).items() if v is not None}
     return (f"ACAT-Synth {cfg['task']}: {data['n']} synthetic-lesion volumes in real anatomy "
-            f"(generator seed {data['synth_seed']}"
+            f"(generator version {GENERATOR_VERSION}, seed {data['synth_seed']}"
             + (f", options {json.dumps(options)}" if options else "") + "), "
             + ("hypodense ischaemic infarcts of 4 sizes in 6 vascular territories "
                "inserted into deformed copies of a CT brain atlas" if cfg["task"] == "brain" else

@@ -45,8 +45,10 @@ its datalist item under ``acquisition``.
 
 **lung** (2 classes: ``normal``, ``findings``, like MosMed CT-0 vs CT-2..4): the chest CT
 ``CTChest4.nrrd`` of the ``slicerio`` package (MIT) with its right/left lung segments, per case
-randomly deformed (the same kind of transform), with 10-25 HU noise; positives get 1-4 patches of
-ground-glass opacity (to -750..-550 HU) or consolidation (to -150..20 HU), soft-edged, inside the lungs.
+deformed (the same kind of transform), breathing more or less deeply (lung density -50..+80 HU, denser
+towards the back, patchy), +-20 HU calibration, 10-35 HU noise; positives get 1-4 patches of
+ground-glass opacity (115-315 HU above the case's lungs) or consolidation (to -150..20 HU), soft-edged,
+inside the lungs (:mod:`ACATCore.data.synth_lung`; ``variety: false``: the earlier plain chests).
 
 Files, under ``out_dir``: ``images/<case>.nrrd`` (int16 HU), ``masks/<case>.nrrd`` (uint8; brain: the
 territory label of each lesion voxel, lung: 1 ground-glass, 2 consolidation), ``regions/<case>.nrrd``
@@ -55,13 +57,14 @@ territory label of each lesion voxel, lung: 1 ground-glass, 2 consolidation), ``
 with the same seed; each item has ``image``, ``label``, ``label_name``, ``mask``, ``regions``,
 ``territory`` and ``size_group`` (one per lesion joined by ``+``, e.g. ``"MCA_left+PCA_right"``;
 empty for negatives; lung: ``size_group`` LS-1/2/3 by lung involvement < 5 %, 5-15 %, > 15 %),
-``noise_hu``, ``lesions`` with per-lesion details and, brain, ``acquisition``).
+``noise_hu``, ``lesions`` with per-lesion details and, brain, ``acquisition``, lung, ``anatomy``: the drawn
+HU offset and breath).
 
 Options (``generate(..., options={...})``, ``acat synth --size-groups/--contrast/--radius/--involvement``)
 make easier or harder variants; the standard benchmark is what you get without them, and each option
 only changes the cases it applies to. ``size_groups`` (brain) draws lesion sizes from chosen groups only;
 ``contrast_hu`` (brain) sets the extra lesion contrast; ``radius_mm`` (brain) sets the lesion radius
-(e.g. 20-35 mm: territorial infarcts, the size group then follows the radius); ``variety`` and
+(e.g. 20-35 mm: territorial infarcts, the size group then follows the radius); ``variety`` (both tasks) and
 ``acquisition`` (brain) are described above; ``involvement`` (lung)
 adds patches until a drawn fraction of the lungs is involved (MosMed grades its scans by this
 fraction: CT-1 < 25 %, CT-2 25-50 %, ...). The options used are recorded in ``datalist.json``.
@@ -75,7 +78,6 @@ See also docs/SYNTH.md.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -85,15 +87,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..errors import ACATError, ConfigError
+from ..errors import ConfigError
 from ..tasks import CLASS_NAMES, TASKS
 from .splits import split_counts, stratified_split
 from .territories import TERRITORIES, TERRITORY_LABELS  # noqa: F401 (synth.TERRITORY_LABELS)
-
-LUNG_NOISE_HU = (10.0, 25.0)
-LUNG_FINDINGS = {"ground-glass": (-750.0, -550.0), "consolidation": (-150.0, 20.0)}
-LUNG_GROUPS = ("LS-1", "LS-2", "LS-3")  # lung involvement < 5 %, 5-15 %, > 15 %
-LUNG_MAX_PATCHES = 40                   # with a target involvement: patches added until it is reached
 
 # Generator options (``generate(..., options=...)``, ``acat synth --size-groups/--contrast/--involvement``).
 # None keeps the standard benchmark; any other value changes the cases it applies to (and only those).
@@ -104,15 +101,17 @@ DEFAULT_OPTIONS = {
                               # (e.g. [20, 35]: territorial infarcts); size_group then follows the radius
     "involvement": None,      # lung: [lo, hi] fraction of the lungs involved in a positive case; patches
                               # are added until a target drawn from it is reached (standard: 1-4 patches)
-    "variety": None,          # brain: False gives plain heads (atlas, mild warp, 1 x 1 x 5 mm); standard True
+    "variety": None,          # False gives plain heads (atlas, mild warp, 1 x 1 x 5 mm) or plain chests (the
+                              # template's breath, mild warp; synth_lung); standard True
     "acquisition": None,      # brain: fix single factors, e.g. {"slice_mm": 5, "tilt_deg": 10} (ACQUISITION)
 }
-GENERATOR_VERSION = 2         # raised whenever the same (task, n, seed, options) would give other cases
+GENERATOR_VERSION = 3         # raised whenever the same (task, n, seed, options) would give other cases
 
 
 from .synth_brain import (ACQUISITION, BRAIN_NOISE_HU, LESION_EXTRA_CONTRAST_HU,  # noqa: F401 (public names)
                           SIZE_GROUPS, SIZE_RADII_MM, brain_base, make_brain_case)
-from .synth_fields import _blob, _correlated_noise, _sample, _warp_grid
+from .synth_lung import (LUNG_FINDINGS, LUNG_GROUPS, LUNG_MAX_PATCHES, LUNG_NOISE_HU,  # noqa: F401 (public names)
+                         LUNG_VARIETY, lung_base, lung_size_group, make_lung_case)
 
 
 def _write(array, spacing, origin, direction, path: Path):
@@ -132,88 +131,6 @@ def class_plan(n: int, num_classes: int, seed: int, fractions=None) -> list:
     return labels[np.random.default_rng([seed, 7]).permutation(n)].tolist()
 
 
-
-
-# ---------------------------------------------------------------------------------- lung
-@functools.lru_cache(maxsize=1)
-def lung_base():
-    """The slicerio chest CT and its lung segments (1 right lung, 2 left lung), as torch channels."""
-    try:
-        import slicerio
-    except ImportError:
-        raise ACATError("the lung benchmark needs the slicerio package (pip install slicerio)") from None
-    from ..io import read_volume
-    folder = Path(slicerio.__file__).parent / "data"
-    ct = read_volume(folder / "CTChest4.nrrd")
-    seg = slicerio.read_segmentation(str(folder / "Segmentation.seg.nrrd"))
-    voxels = np.transpose(np.asarray(seg["voxels"]), (2, 1, 0))       # (i, j, k) -> (k, j, i)
-    if voxels.shape != ct.array.shape:
-        raise ACATError("the slicerio chest segmentation does not match its CT")
-    value = {s["name"]: s["labelValue"] for s in seg["segments"]}
-    lungs = np.zeros(voxels.shape, dtype=np.float32)
-    lungs[voxels == value["right lung"]] = 1
-    lungs[voxels == value["left lung"]] = 2
-    hu = np.maximum(ct.array.astype(np.float32), -1024.0)
-    centre = np.argwhere(lungs > 0).mean(axis=0)[::-1]
-    # one bilinear pass samples HU and both lungs (one-hot, thresholded at 0.5 afterwards)
-    channels = np.stack([hu, lungs == 1, lungs == 2]).astype(np.float32)
-    return {"channels": torch.from_numpy(channels), "volume": ct, "centre_ijk": tuple(float(c) for c in centre)}
-
-
-def make_lung_case(rng, label: int, return_clean: bool = False, involvement=None) -> dict:
-    """One synthetic chest CT; ``label`` 1 adds ground-glass / consolidation patches in the lungs.
-
-    Standard: 1-4 patches. ``involvement`` ([lo, hi], fractions of the lungs): patches are added until
-    a target drawn from [lo, hi] is reached (at most ``LUNG_MAX_PATCHES``), like MosMed's CT-1..CT-4
-    grades, which are defined by the fraction of lung involved.
-    """
-    base = lung_base()
-    ct = base["volume"]
-    shape = ct.array.shape
-    grid = _warp_grid(rng, shape, ct.spacing, shape, ct.spacing, base["centre_ijk"],
-                      rot_deg=(2, 2, 6), scale_range=(0.93, 1.07), shift_mm=(6, 6, 8), disp_mm=4.0)
-    hu, right, left = _sample(base["channels"], grid, "bilinear").numpy()
-    lungs = np.where(right > 0.5, 1, np.where(left > 0.5, 2, 0)).astype(np.uint8)
-    hu = hu + rng.uniform(-10, 10)
-    clean = hu.copy() if return_clean else None
-    mask = np.zeros(shape, dtype=np.uint8)
-    lesions = []
-    if label == 1:
-        lung_voxels = np.flatnonzero(lungs > 0)
-        if involvement is None:
-            n_patches, target = int(rng.integers(1, 5)), None
-        else:
-            n_patches, target = LUNG_MAX_PATCHES, rng.uniform(*involvement) * len(lung_voxels)
-        for _ in range(n_patches):
-            kind = "ground-glass" if rng.random() < 0.65 else "consolidation"
-            centre = np.unravel_index(lung_voxels[rng.integers(len(lung_voxels))], shape)
-            radius = rng.uniform(10.0, 40.0)
-            box, f = _blob(rng, shape, centre, radius / np.asarray(ct.spacing[::-1]), roughness=0.4)
-            inside = (f < 1) & (lungs[box] > 0)
-            target_hu = rng.uniform(*LUNG_FINDINGS[kind])
-            alpha = np.where(inside, np.clip((1.0 - f) / 0.4, 0.0, 1.0), 0.0)
-            hu[box] += (alpha * (target_hu - hu[box])).astype(np.float32)
-            code = 1 if kind == "ground-glass" else 2
-            mask[box][inside & (mask[box] == 0)] = code
-            lesions.append({"finding": kind, "radius_mm": round(float(radius), 2),
-                            "target_hu": round(float(target_hu), 1), "voxels": int(inside.sum()),
-                            "centre_kji": [int(c) for c in centre]})
-            if target is not None and np.count_nonzero(mask) >= target:
-                break
-    noise_sd = rng.uniform(*LUNG_NOISE_HU)
-    noiseless = hu.copy() if return_clean else None
-    hu = hu + _correlated_noise(rng, shape, noise_sd)
-    image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
-    involvement = float((mask > 0).sum() / max((lungs > 0).sum(), 1))
-    case = {"image": image, "mask": mask, "regions": lungs, "lesions": lesions, "noise_hu": float(noise_sd),
-            "involvement": involvement, "spacing": ct.spacing, "origin": ct.origin, "direction": ct.direction}
-    if return_clean:   # for tests: the head before lesions and before noise
-        case["clean"], case["noiseless"] = clean, noiseless
-    return case
-
-
-def lung_size_group(involvement: float) -> str:
-    return "LS-1" if involvement < 0.05 else ("LS-2" if involvement < 0.15 else "LS-3")
 
 
 # ---------------------------------------------------------------------------------- generate
@@ -270,7 +187,7 @@ def check_options(task: str, options=None) -> dict:
     if full["acquisition"] is not None:
         full["acquisition"] = _check_acquisition(full["acquisition"])
     wrong_task = [k for k in (("involvement",) if task == "brain" else
-                              ("size_groups", "contrast_hu", "radius_mm", "variety", "acquisition"))
+                              ("size_groups", "contrast_hu", "radius_mm", "acquisition"))
                   if full[k] is not None]
     if wrong_task:
         raise ConfigError(f"ACAT-Synth option(s) {wrong_task} do not apply to the {task} task")
@@ -287,7 +204,7 @@ def make_case(task: str, seed: int, index: int, label: int, size_group=None, ret
         extra = groups[rng.integers(len(groups))]
         return make_brain_case(rng, label, (size_group, extra), return_clean, options["contrast_hu"],
                                options["radius_mm"], options["variety"] is not False, options["acquisition"])
-    return make_lung_case(rng, label, return_clean, options["involvement"])
+    return make_lung_case(rng, label, return_clean, options["involvement"], options["variety"] is not False)
 
 
 def _write_case(task, seed, index, label, group, options, out: Path) -> dict:
@@ -308,6 +225,7 @@ def _write_case(task, seed, index, label, group, options, out: Path) -> dict:
         item["involvement"] = round(case["involvement"], 4)
         item["size_group"] = lung_size_group(case["involvement"]) if label else ""
         item["territory"] = ""
+        item["anatomy"] = case["anatomy"]
     return item
 
 
@@ -398,7 +316,8 @@ def main(argv=None) -> int:
     parser.add_argument("--involvement", nargs=2, type=float, metavar=("LO", "HI"),
                         help="lung: fraction of the lungs involved in positive cases (e.g. 0.1 0.3)")
     parser.add_argument("--no-variety", action="store_true",
-                        help="brain: plain heads (atlas with a mild warp, 1 x 1 x 5 mm) instead of varied ones")
+                        help="plain heads (atlas with a mild warp, 1 x 1 x 5 mm) or plain chests (the template's "
+                             "breath, a mild warp) instead of varied ones")
     parser.add_argument("--acquisition", nargs="+", metavar="KEY=VALUE",
                         help="brain: fix single factors, e.g. slice_mm=5 tilt_deg=10 holder=true "
                              f"(keys: {', '.join(ACQUISITION)})")
