@@ -110,6 +110,7 @@ def test_lung_cases(lung_set):
         lungs = read_volume(out / item["regions"]).array
         validate_ct(image)
         assert set(np.unique(lungs)) == {0, 1, 2}
+        assert set(item["anatomy"]) == {"hu_offset", "lung_hu", "dependent_hu"}     # the drawn breath, recorded
         assert (lungs[mask > 0] > 0).all()                          # findings inside the lungs
         if item["label"] == 1:
             assert (mask > 0).sum() > 0 and len(item["lesions"]) >= 1

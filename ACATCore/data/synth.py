@@ -131,8 +131,6 @@ def class_plan(n: int, num_classes: int, seed: int, fractions=None) -> list:
     return labels[np.random.default_rng([seed, 7]).permutation(n)].tolist()
 
 
-
-
 # ---------------------------------------------------------------------------------- generate
 def _check_acquisition(value) -> dict:
     """The ``acquisition`` option validated: known keys, numbers in range, booleans."""
