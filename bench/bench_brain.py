@@ -8,7 +8,8 @@ full coverage averages several and is slower). Rows:
   IS-1..IS-4  the standard benchmark, every lesion of one size group (and as many lesion-free heads)
   shift:*     the demo variant with one acquisition factor fixed (``synth`` option ``acquisition``):
               5 mm slices, 10 degree gantry tilt, twice the noise, +5 HU calibration offset, head
-              scale 0.85 and 1.15, vertex not covered
+              scale 0.85 and 1.15, vertex not covered; an older brain (synth_aging): CSF spaces 3 or
+              6 mm wider (atrophy3, atrophy6), white matter around the ventricles 8 HU darker (leuko8)
 
 Columns: ACAT and baseline 4-class accuracy (from one analysis: ``probabilities`` and
 ``baseline_probabilities``), lesion-or-not sensitivity and specificity (ACAT), over the heads with a
@@ -42,7 +43,9 @@ from searches import SEARCHES
 DEMO = {"radius_mm": [20, 35], "contrast_hu": [8, 14]}
 SHIFTS = {"slices5mm": {"slice_mm": 5.0}, "tilt10": {"tilt_deg": 10.0}, "noise2x": {"noise_scale": 2.0},
           "hu+5": {"hu_offset": 5.0}, "scale0.85": {"head_scale": 0.85}, "scale1.15": {"head_scale": 1.15},
-          "vertex_cut": {"vertex_cut": True}}
+          "vertex_cut": {"vertex_cut": True},
+          "atrophy3": {"atrophy_mm": 3.0}, "atrophy6": {"atrophy_mm": 6.0}, "leuko8": {"leukoaraiosis_hu": 8.0},
+          "young": {"atrophy_mm": 0.0, "leukoaraiosis_hu": 0.0}}
 
 
 def row_options(row: str) -> tuple:

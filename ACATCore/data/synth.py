@@ -25,6 +25,9 @@ The one atlas brain is the only real anatomy, so every case varies what it can (
   +-5 HU; cupping (centre 0-6 HU darker) and low-frequency streaky shading near the skull base (2-12 HU);
   in-plane correlated noise (0.35-1.1 mm, with a ring-like part), 2-4.5 HU s.d. at 5 mm, x (5 / slice
   mm)^0.35, within 2-8 HU;
+- age (:mod:`ACATCore.data.synth_aging`, generator version 4): atrophy widens the CSF spaces (ventricles and
+  the brain's rim) by 0-7 mm; in half the heads leukoaraiosis darkens the white matter within 10 mm of the
+  ventricles by up to 0-12 HU, on both sides; no lesion is placed in the added CSF;
 - lesions: hypodense (ischaemic) lesions grown from a random point of ONE vascular territory's
   parenchyma (:mod:`ACATCore.data.territories`, moved with the head; no CSF) as the connected part of
   (distance + a smooth random field) below a threshold chosen to reach the volume of a ball of the
@@ -38,8 +41,8 @@ Option ``variety: false`` gives plain heads instead (the earlier benchmark's kin
 192 x 224 x 34 voxels of 1 x 1 x 5 mm, no holder, no cuts, no beam hardening, 2.5-4.5 HU noise).
 Option ``acquisition`` fixes single factors for robustness benchmarks (``ACQUISITION``: slice_mm,
 pixel_mm, tilt_deg, noise_scale, hu_offset, head_scale, vertex_cut, bottom_cut, holder, pillow,
-beam_hardening); all other factors are drawn as usual, with the same values (only the noise and the
-lesion positions differ when the grid changes).
+beam_hardening, atrophy_mm, leukoaraiosis_hu: these two also age plain heads); all other factors are
+drawn as usual, with the same values (only the noise and the lesion positions differ when the grid changes).
 ``noise_scale`` multiplies the noise but not the lesion contrast. Each case's drawn factors are in
 its datalist item under ``acquisition``.
 
@@ -105,7 +108,7 @@ DEFAULT_OPTIONS = {
                               # template's breath, mild warp; synth_lung); standard True
     "acquisition": None,      # brain: fix single factors, e.g. {"slice_mm": 5, "tilt_deg": 10} (ACQUISITION)
 }
-GENERATOR_VERSION = 3         # raised whenever the same (task, n, seed, options) would give other cases
+GENERATOR_VERSION = 4         # raised whenever the same (task, n, seed, options) would give other cases
 
 
 from .synth_brain import (ACQUISITION, BRAIN_NOISE_HU, LESION_EXTRA_CONTRAST_HU,  # noqa: F401 (public names)

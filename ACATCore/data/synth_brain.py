@@ -14,6 +14,7 @@ from scipy import ndimage as ndi
 
 from ..errors import ACATError
 from ..resources import resource_path
+from .synth_aging import age_brain, draw_aging
 from .synth_fields import _coarse_field, _sample
 from .territories import TERRITORY_LABELS, territories_of_side, territory_map
 
@@ -133,6 +134,7 @@ ACQUISITION = {
     "noise_scale": ("number", 0.0, 10.0), "hu_offset": ("number", -100.0, 100.0),
     "head_scale": ("number", 0.7, 1.3), "vertex_cut": ("bool",), "bottom_cut": ("bool",),
     "holder": ("bool",), "pillow": ("bool",), "beam_hardening": ("bool",),
+    "atrophy_mm": ("number", 0.0, 10.0), "leukoaraiosis_hu": ("number", 0.0, 20.0),   # synth_aging; 0 unless fixed
 }
 
 
@@ -153,7 +155,8 @@ def _smooth_1d(rng, n, control=5) -> np.ndarray:
 
 
 def draw_brain_factors(rng, variety: bool = True, fixed=None) -> dict:
-    """All random factors of one head (see ``BRAIN_FACTORS``), with ``fixed`` (acquisition option) applied."""
+    """All random factors of one head (see ``BRAIN_FACTORS``), with ``fixed`` (acquisition option) applied;
+    the aging factors are 0 unless fixed (``make_brain_case`` draws them for varied heads)."""
     u = rng.random(len(BRAIN_FACTORS))
     f = {}
     for x, (name, ranges) in zip(u, BRAIN_FACTORS.items()):
@@ -166,6 +169,7 @@ def draw_brain_factors(rng, variety: bool = True, fixed=None) -> dict:
     f["holder"] = holder
     f["beam_hardening"] = variety
     f["noise_scale"] = 1.0
+    f["atrophy_mm"] = f["leukoaraiosis_hu"] = 0.0
     f["streak_lobes"] = int(f["streak_lobes"])
     f["slice_mm"] = round(f["slice_mm"], 1)                # drawn thicknesses in 0.1 mm steps
     fixed = dict(fixed or {})
@@ -514,7 +518,8 @@ def _acquisition_record(f, g, variety: bool) -> dict:
            "noise_corr_mm": f["noise_corr_mm"], "vertex_cut": bool(f["vertex_cut"]),
            "bottom_cut": bool(f["bottom_cut"]), "holder": bool(f["holder"]), "pillow": bool(f["pillow"]),
            "beam_hardening": bool(f["beam_hardening"]), "skull_mm": f["skull_mm"], "scalp_mm": f["scalp_mm"],
-           "csf_mm": f["csf_mm"], "cupping_hu": f["cupping_hu"] * f["beam_hardening"],
+           "csf_mm": f["csf_mm"], "atrophy_mm": f["atrophy_mm"], "leukoaraiosis_hu": f["leukoaraiosis_hu"],
+           "cupping_hu": f["cupping_hu"] * f["beam_hardening"],
            "streak_hu": f["streak_hu"] * f["beam_hardening"]}
     return {k: (round(v, 3) if isinstance(v, float) else [round(x, 4) for x in v] if isinstance(v, list)
                 and v and isinstance(v[0], float) else v) for k, v in acq.items()}
@@ -538,20 +543,25 @@ def make_brain_case(rng, label: int, size_groups=(None, None), return_clean: boo
     """
     base = brain_base()
     f = draw_brain_factors(rng, variety, acquisition)
-    rng_field, rng_lesion, rng_noise = (np.random.default_rng(int(s)) for s in rng.integers(0, 2 ** 32, 3))
+    seeds = [int(s) for s in rng.integers(0, 2 ** 32, 3)]
+    rng_field, rng_lesion, rng_noise = (np.random.default_rng(s) for s in seeds)
+    if variety:                                        # an older brain, from its own stream (generator version 4)
+        aging = draw_aging(np.random.default_rng([seeds[0], 4]))
+        f.update({k: v for k, v in aging.items() if k not in (acquisition or {})})
     g = _head_geometry(base, f, variety)
     xs, ys, zs, n_sub = g["xs"], g["ys"], g["zs"], g["n_sub"]
     px, t = g["pixel_mm"], g["slice_mm"]
 
     # ---- render the sub-slice stack (K * n_sub slices of step mm), then average each slab
     s = _sample_head(base, f, g, rng_field)
+    csf_added = age_brain(s.hu, s.d, (g["step"], px, px), f["atrophy_mm"], f["leukoaraiosis_hu"])
     _add_tissues(f, g, rng_field, s)
     holder3d = _add_outside(f, g, s)                   # ---- outside the head
     hu, sb, d = _slab(s.hu, n_sub), _slab(s.sb, n_sub), _slab(s.d, n_sub)
     head_w = 1.0 - _slab(s.outside, n_sub)
     holder = _slab(s.outside * holder3d, n_sub) > 0.5 if return_clean else None
-    terr, paren = s.code % 16, s.code >= 16
-    del s, holder3d
+    terr, paren = s.code % 16, (s.code >= 16) & (_slab(csf_added, n_sub) < 0.5)
+    del s, holder3d, csf_added
 
     # ---- on the output grid: brain bias, calibration offset, beam hardening
     hu, brain_w = _scanner_effects(f, g, rng_field, hu, sb, d, head_w)

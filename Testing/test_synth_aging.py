@@ -1,0 +1,75 @@
+"""The older brain of ACAT-Synth heads (synth_aging): atrophy widens the CSF spaces, leukoaraiosis darkens the
+white matter around the ventricles on both sides, lesions stay in parenchyma, varied heads draw both."""
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from ACATCore.data import synth
+from ACATCore.data.synth_aging import ATROPHY_MM, GROWN_CSF_HU, LEUKO_HU, LEUKO_REACH_MM
+from ACATCore.data.territories import TERRITORY_LABELS, territories_of_side
+
+COMMON = {"seed": 5, "index": 0, "return_clean": True}
+
+
+def _head(label=0, **aging):
+    acquisition = {"atrophy_mm": 0.0, "leukoaraiosis_hu": 0.0, "slice_mm": 2.0, **aging}
+    return synth.make_case("brain", label=label, **COMMON, options={"acquisition": acquisition})
+
+
+@pytest.fixture(scope="module")
+def young():
+    return _head()
+
+
+def test_atrophy_widens_the_csf_inside_the_brain_only(young):
+    csf = []
+    for mm in (0.0, 3.0, 6.0):
+        case = young if mm == 0 else _head(atrophy_mm=mm)
+        brain = case["brain"]
+        np.testing.assert_array_equal(brain, young["brain"])                 # the same head, the same brain
+        np.testing.assert_allclose(case["clean"][~brain], young["clean"][~brain], atol=1e-3)
+        csf.append(int((case["clean"][brain] < 15).sum()))
+        assert case["acquisition"]["atrophy_mm"] == mm
+    assert csf[0] < csf[1] < csf[2] and csf[2] > 2 * csf[0], csf
+    older = _head(atrophy_mm=6.0)
+    assert np.all(older["clean"] <= young["clean"] + 1e-3)                     # CSF added, never tissue
+
+
+def test_leukoaraiosis_darkens_white_matter_near_the_ventricles_on_both_sides(young):
+    case = _head(leukoaraiosis_hu=10.0)
+    change = case["clean"] - young["clean"]
+    assert change.max() <= 1e-3 and change.min() < -8.0                        # x grey-white gain 0.85-1.15
+    darker = change < -1.0
+    assert darker.sum() > 1000 and not (darker & ~young["brain"]).any()
+    # near the ventricles: every darkened voxel lies within the reach of CSF deep in the brain
+    spacing = case["spacing"][::-1]
+    deep = ndi.distance_transform_edt(young["brain"], sampling=spacing) > 12.0
+    ventricles = deep & (young["clean"] < 15)
+    reach = ndi.distance_transform_edt(~ventricles, sampling=spacing)
+    assert np.percentile(reach[darker], 95) <= LEUKO_REACH_MM + 3.0
+    # both hemispheres alike (each side's territories)
+    left, right = (change[np.isin(young["regions"], [TERRITORY_LABELS[t] for t in territories_of_side(side)])].sum()
+                   for side in ("left", "right"))
+    assert 0.8 < left / right < 1.25, (left, right)
+
+
+def test_lesions_of_an_atrophied_brain_lie_in_parenchyma():
+    for label in (1, 2, 3):
+        case = _head(label=label, atrophy_mm=6.0)
+        lesion = case["mask"] > 0
+        assert lesion.sum() > 20
+        assert np.mean(case["clean"][lesion] > GROWN_CSF_HU + 6) > 0.95
+
+
+def test_varied_heads_draw_their_age_and_plain_heads_stay_young():
+    drawn = [synth.make_case("brain", seed=12, index=i, label=0)["acquisition"] for i in range(10)]
+    atrophy = [a["atrophy_mm"] for a in drawn]
+    leuko = [a["leukoaraiosis_hu"] for a in drawn]
+    assert all(ATROPHY_MM[0] <= a <= ATROPHY_MM[1] for a in atrophy) and np.ptp(atrophy) > 2.0
+    assert all(v == 0 or LEUKO_HU[0] <= v <= LEUKO_HU[1] for v in leuko)
+    assert 0 < sum(v > 0 for v in leuko) < 10
+    # fixing one aging factor leaves the other and every acquisition factor as drawn
+    fixed = synth.make_case("brain", seed=12, index=0, label=0, options={"acquisition": {"atrophy_mm": 5.0}})
+    assert fixed["acquisition"] == {**drawn[0], "atrophy_mm": 5.0}
+    plain = synth.make_case("brain", seed=12, index=0, label=0, options={"variety": False})["acquisition"]
+    assert plain["atrophy_mm"] == 0 and plain["leukoaraiosis_hu"] == 0
