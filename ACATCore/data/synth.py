@@ -27,7 +27,7 @@ The one atlas brain is the only real anatomy, so every case varies what it can (
   mm)^0.35, within 2-8 HU;
 - age (:mod:`ACATCore.data.synth_aging`, generator version 4): atrophy widens the CSF spaces (ventricles and
   the brain's rim) by 0-7 mm; in half the heads leukoaraiosis darkens the white matter within 10 mm of the
-  ventricles by up to 0-12 HU, on both sides; no lesion is placed in the added CSF;
+  ventricles by 0-12 HU (fading over those 10 mm), on both sides; no lesion is placed in the added CSF;
 - lesions: hypodense (ischaemic) lesions grown from a random point of ONE vascular territory's
   parenchyma (:mod:`ACATCore.data.territories`, moved with the head; no CSF) as the connected part of
   (distance + a smooth random field) below a threshold chosen to reach the volume of a ball of the

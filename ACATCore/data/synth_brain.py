@@ -134,7 +134,7 @@ ACQUISITION = {
     "noise_scale": ("number", 0.0, 10.0), "hu_offset": ("number", -100.0, 100.0),
     "head_scale": ("number", 0.7, 1.3), "vertex_cut": ("bool",), "bottom_cut": ("bool",),
     "holder": ("bool",), "pillow": ("bool",), "beam_hardening": ("bool",),
-    "atrophy_mm": ("number", 0.0, 10.0), "leukoaraiosis_hu": ("number", 0.0, 20.0),   # synth_aging; 0 unless fixed
+    "atrophy_mm": ("number", 0.0, 10.0), "leukoaraiosis_hu": ("number", 0.0, 20.0),   # synth_aging
 }
 
 
