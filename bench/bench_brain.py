@@ -9,7 +9,8 @@ full coverage averages several and is slower). Rows:
   shift:*     the demo variant with one acquisition factor fixed (``synth`` option ``acquisition``):
               5 mm slices, 10 degree gantry tilt, twice the noise, +5 HU calibration offset, head
               scale 0.85 and 1.15, vertex not covered; an older brain (synth_aging): CSF spaces 3 or
-              6 mm wider (atrophy3, atrophy6), white matter around the ventricles 8 HU darker (leuko8)
+              6 mm wider (atrophy3, atrophy6), white matter around the ventricles 8 HU darker (leuko8);
+              neither (young: version 3's heads)
 
 Columns: ACAT and baseline 4-class accuracy (from one analysis: ``probabilities`` and
 ``baseline_probabilities``), lesion-or-not sensitivity and specificity (ACAT), over the heads with a
