@@ -33,8 +33,17 @@ def age_brain(hu: np.ndarray, d: np.ndarray, spacing_kji, atrophy_mm: float, leu
     ``spacing_kji``: the grid's mm). Returns the fraction of each voxel that became CSF (0 where none).
     """
     grown = np.zeros(hu.shape, np.float32)
-    if atrophy_mm <= 0 and leuko_hu <= 0:
+    found = ndi.find_objects((d < 0).astype(np.uint8))
+    if (atrophy_mm <= 0 and leuko_hu <= 0) or not found:
         return grown
+    box = found[0]                        # the brain's box: every distance below runs inside the brain
+    grown[box] = _age_box(hu[box], d[box], spacing_kji, atrophy_mm, leuko_hu)
+    return grown
+
+
+def _age_box(hu, d, spacing_kji, atrophy_mm, leuko_hu) -> np.ndarray:
+    """:func:`age_brain` on the brain's bounding box (``hu`` a view, changed in place)."""
+    grown = np.zeros(hu.shape, np.float32)
     inside = d < 0
     csf = inside & (hu < CSF_ATLAS_HU)
     if atrophy_mm > 0 and csf.any():
