@@ -1,12 +1,20 @@
 """The older brain of ACAT-Synth heads (synth_aging): atrophy widens the CSF spaces, leukoaraiosis darkens the
 white matter around the ventricles on both sides, lesions stay in parenchyma, varied heads draw both."""
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from ACATCore.brain_extraction import extract_brain
 from ACATCore.data import synth
 from ACATCore.data.synth_aging import ATROPHY_MM, GROWN_CSF_HU, LEUKO_HU, LEUKO_REACH_MM
 from ACATCore.data.territories import TERRITORY_LABELS, territories_of_side
+from ACATCore.preprocessing import prepare
+from ACATCore.volume import Volume
+
+REPO = Path(__file__).resolve().parents[1]
 
 COMMON = {"seed": 5, "index": 0, "return_clean": True}
 
@@ -73,3 +81,42 @@ def test_varied_heads_draw_their_age_and_plain_heads_stay_young():
     assert fixed["acquisition"] == {**drawn[0], "atrophy_mm": 5.0}
     plain = synth.make_case("brain", seed=12, index=0, label=0, options={"variety": False})["acquisition"]
     assert plain["atrophy_mm"] == 0 and plain["leukoaraiosis_hu"] == 0
+
+
+def _side_sum(case, values, side):
+    return values[np.isin(case["regions"], [TERRITORY_LABELS[t] for t in territories_of_side(side)])].sum()
+
+
+@pytest.mark.parametrize("side,sign", [("left", 1.0), ("right", -1.0)])
+def test_asymmetric_ventricles_widen_one_side_only(young, side, sign):
+    case = _head(ventricle_asym_mm=4.0 * sign)
+    assert case["acquisition"]["ventricle_asym_mm"] == 4.0 * sign
+    change = case["clean"] - young["clean"]
+    assert change.max() <= 1e-3                                                # CSF added, never tissue
+    grown = (change < -5.0) & (case["clean"] < 15)
+    other = "right" if side == "left" else "left"
+    assert _side_sum(case, grown, side) > 500 and _side_sum(case, grown, other) == 0
+    # deep in the brain: around the ventricles, not at the brain's rim
+    spacing = case["spacing"][::-1]
+    depth = ndi.distance_transform_edt(young["brain"], sampling=spacing)
+    assert np.percentile(depth[grown], 5) > 8.0
+
+
+def test_calcified_choroid_plexus_is_bright_on_both_sides_deep_in_the_brain(young):
+    case = _head(calcification_hu=300.0)
+    assert case["acquisition"]["calcification_hu"] == 300.0
+    change = case["clean"] - young["clean"]
+    bright = change > 100.0
+    assert change.min() >= -1e-3 and case["clean"][bright].max() > 200.0      # x grey-white gain 0.85-1.15
+    for side in ("left", "right"):                                            # one glomus each side
+        assert 10 < _side_sum(case, bright, side) < 400
+    spacing = case["spacing"][::-1]
+    depth = ndi.distance_transform_edt(young["brain"], sampling=spacing)
+    assert depth[bright].min() > 10.0
+    # brain extraction leaves its voxels above 190 HU out (as it does the atlas' own calcifications), yet the brain
+    # model's input is brighter there over many more pixels than it is darker (where a whole slab is left out)
+    assert not extract_brain(case["image"], case["spacing"]).mask[case["image"] > 190].any()
+    pre = json.loads((REPO / "Resources" / "models" / "brain" / "classifier.json").read_text())["preprocessing"]
+    x = [prepare(Volume(c["image"], c["spacing"], c["origin"], c["direction"]), pre).tensor for c in (young, case)]
+    change = (x[1] - x[0]).numpy()
+    assert (change > 0.05).sum() > 4 * (change < -0.05).sum() and change.max() > 0.2, (change.min(), change.max())

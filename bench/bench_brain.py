@@ -10,7 +10,8 @@ full coverage averages several and is slower). Rows:
               5 mm slices, 10 degree gantry tilt, twice the noise, +5 HU calibration offset, head
               scale 0.85 and 1.15, vertex not covered; an older brain (synth_aging): CSF spaces 3 or
               6 mm wider (atrophy3, atrophy6), white matter around the ventricles 8 HU darker (leuko8);
-              neither (young: version 3's heads)
+              neither (young: version 3's heads); one lateral ventricle 3 or 6 mm wider than the other (ventL3,
+              ventR3, ventL6, ventR6: the patient's left or right); calcified choroid plexus (calc300)
 
 Columns: ACAT and baseline 4-class accuracy (from one analysis: ``probabilities`` and
 ``baseline_probabilities``), lesion-or-not sensitivity and specificity (ACAT), over the heads with a
@@ -46,7 +47,10 @@ SHIFTS = {"slices5mm": {"slice_mm": 5.0}, "tilt10": {"tilt_deg": 10.0}, "noise2x
           "hu+5": {"hu_offset": 5.0}, "scale0.85": {"head_scale": 0.85}, "scale1.15": {"head_scale": 1.15},
           "vertex_cut": {"vertex_cut": True},
           "atrophy3": {"atrophy_mm": 3.0}, "atrophy6": {"atrophy_mm": 6.0}, "leuko8": {"leukoaraiosis_hu": 8.0},
-          "young": {"atrophy_mm": 0.0, "leukoaraiosis_hu": 0.0}}
+          "young": {"atrophy_mm": 0.0, "leukoaraiosis_hu": 0.0},
+          "ventL3": {"ventricle_asym_mm": 3.0}, "ventR3": {"ventricle_asym_mm": -3.0},
+          "ventL6": {"ventricle_asym_mm": 6.0}, "ventR6": {"ventricle_asym_mm": -6.0},
+          "calc300": {"calcification_hu": 300.0}}
 
 
 def row_options(row: str) -> tuple:

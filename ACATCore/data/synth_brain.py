@@ -14,7 +14,7 @@ from scipy import ndimage as ndi
 
 from ..errors import ACATError
 from ..resources import resource_path
-from .synth_aging import age_brain, draw_aging
+from .synth_aging import AGING_KEYS, age_brain, draw_aging
 from .synth_fields import _coarse_field, _sample
 from .territories import TERRITORY_LABELS, territories_of_side, territory_map
 
@@ -135,6 +135,7 @@ ACQUISITION = {
     "head_scale": ("number", 0.7, 1.3), "vertex_cut": ("bool",), "bottom_cut": ("bool",),
     "holder": ("bool",), "pillow": ("bool",), "beam_hardening": ("bool",),
     "atrophy_mm": ("number", 0.0, 10.0), "leukoaraiosis_hu": ("number", 0.0, 20.0),   # synth_aging
+    "ventricle_asym_mm": ("number", -10.0, 10.0), "calcification_hu": ("number", 0.0, 1000.0),
 }
 
 
@@ -169,7 +170,7 @@ def draw_brain_factors(rng, variety: bool = True, fixed=None) -> dict:
     f["holder"] = holder
     f["beam_hardening"] = variety
     f["noise_scale"] = 1.0
-    f["atrophy_mm"] = f["leukoaraiosis_hu"] = 0.0
+    f.update(dict.fromkeys(AGING_KEYS, 0.0))
     f["streak_lobes"] = int(f["streak_lobes"])
     f["slice_mm"] = round(f["slice_mm"], 1)                # drawn thicknesses in 0.1 mm steps
     fixed = dict(fixed or {})
@@ -519,6 +520,7 @@ def _acquisition_record(f, g, variety: bool) -> dict:
            "bottom_cut": bool(f["bottom_cut"]), "holder": bool(f["holder"]), "pillow": bool(f["pillow"]),
            "beam_hardening": bool(f["beam_hardening"]), "skull_mm": f["skull_mm"], "scalp_mm": f["scalp_mm"],
            "csf_mm": f["csf_mm"], "atrophy_mm": f["atrophy_mm"], "leukoaraiosis_hu": f["leukoaraiosis_hu"],
+           "ventricle_asym_mm": f["ventricle_asym_mm"], "calcification_hu": f["calcification_hu"],
            "cupping_hu": f["cupping_hu"] * f["beam_hardening"],
            "streak_hu": f["streak_hu"] * f["beam_hardening"]}
     return {k: (round(v, 3) if isinstance(v, float) else [round(x, 4) for x in v] if isinstance(v, list)
@@ -554,7 +556,8 @@ def make_brain_case(rng, label: int, size_groups=(None, None), return_clean: boo
 
     # ---- render the sub-slice stack (K * n_sub slices of step mm), then average each slab
     s = _sample_head(base, f, g, rng_field)
-    csf_added = age_brain(s.hu, s.d, (g["step"], px, px), f["atrophy_mm"], f["leukoaraiosis_hu"])
+    terr_sub = np.repeat(s.code % 16, n_sub, axis=0) if f["ventricle_asym_mm"] or f["calcification_hu"] else None
+    csf_added = age_brain(s.hu, s.d, (g["step"], px, px), f, terr_sub)
     _add_tissues(f, g, rng_field, s)
     holder3d = _add_outside(f, g, s)                   # ---- outside the head
     hu, sb, d = _slab(s.hu, n_sub), _slab(s.sb, n_sub), _slab(s.d, n_sub)
