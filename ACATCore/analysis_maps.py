@@ -15,7 +15,7 @@
   region of the map's top ``PEAK_TOP[task]`` voxels with the largest summed saliency), not the lone arg-max.
   Brain since 2026-12-04 (docs/RESULTS.md, "The reported peak"); lung since 2026-12-06, when it put the
   peak in a finding more often than the arg-max on five fresh seeds of the varied-chest bundle
-  (docs/RESULTS.md, "Asymmetric ventricles, calcifications, and the lung's peak").
+  (docs/RESULTS.md, "Asymmetric ventricles, calcifications, dark infarcts, and the lung's peak").
 """
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ by ``ACATCore.analyze`` with its defaults except ``coverage="sampled"`` (the pap
 full coverage averages several and is slower). Rows:
 
   demo        the demo variant (territorial infarcts: radius 20-35 mm, 8-14 HU extra contrast)
+  dark        the demo variant's infarcts 20-28 HU darker than the noise (older ones, near the CSF's density)
   IS-1..IS-4  the standard benchmark, every lesion of one size group (and as many lesion-free heads)
   shift:*     the demo variant with one acquisition factor fixed (``synth`` option ``acquisition``):
               5 mm slices, 10 degree gantry tilt, twice the noise, +5 HU calibration offset, head
@@ -43,6 +44,7 @@ from ACATCore.volume import Volume
 from searches import SEARCHES
 
 DEMO = {"radius_mm": [20, 35], "contrast_hu": [8, 14]}
+DARK = {"radius_mm": [20, 35], "contrast_hu": [20, 28]}      # older infarcts, near the CSF's density
 SHIFTS = {"slices5mm": {"slice_mm": 5.0}, "tilt10": {"tilt_deg": 10.0}, "noise2x": {"noise_scale": 2.0},
           "hu+5": {"hu_offset": 5.0}, "scale0.85": {"head_scale": 0.85}, "scale1.15": {"head_scale": 1.15},
           "vertex_cut": {"vertex_cut": True},
@@ -57,11 +59,13 @@ def row_options(row: str) -> tuple:
     """(generator options, size group for positives or None) of a row name."""
     if row == "demo":
         return dict(DEMO), None
+    if row == "dark":
+        return dict(DARK), None
     if row in synth.SIZE_GROUPS:
         return {"size_groups": [row]}, row
     if row.startswith("shift:") and row[6:] in SHIFTS:
         return {**DEMO, "acquisition": SHIFTS[row[6:]]}, None
-    raise SystemExit(f"unknown row {row!r}: demo, IS-1..IS-4 or shift:{'|'.join(SHIFTS)}")
+    raise SystemExit(f"unknown row {row!r}: demo, dark, IS-1..IS-4 or shift:{'|'.join(SHIFTS)}")
 
 
 def peak_hits(case: dict, result) -> tuple:
