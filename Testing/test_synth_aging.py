@@ -1,5 +1,6 @@
 """The older brain of ACAT-Synth heads (synth_aging): atrophy widens the CSF spaces, leukoaraiosis darkens the
-white matter around the ventricles on both sides, lesions stay in parenchyma, varied heads draw both."""
+white matter around the ventricles on both sides, lesions stay in parenchyma, varied heads draw both; the bench-only
+factors widen one lateral ventricle alone and calcify the choroid plexus of both."""
 import json
 from pathlib import Path
 
