@@ -41,8 +41,8 @@ Option ``variety: false`` gives plain heads instead (the earlier benchmark's kin
 192 x 224 x 34 voxels of 1 x 1 x 5 mm, no holder, no cuts, no beam hardening, 2.5-4.5 HU noise).
 Option ``acquisition`` fixes single factors for robustness benchmarks (``ACQUISITION``: slice_mm,
 pixel_mm, tilt_deg, noise_scale, hu_offset, head_scale, vertex_cut, bottom_cut, holder, pillow,
-beam_hardening, atrophy_mm, leukoaraiosis_hu: these two also age plain heads); all other factors are
-drawn as usual, with the same values (only the noise and the lesion positions differ when the grid changes).
+beam_hardening, atrophy_mm, leukoaraiosis_hu and the bench-only ventricle_asym_mm, calcification_hu: these
+four also age plain heads); all other factors are drawn as usual, with the same values (only the noise and the lesion positions differ when the grid changes).
 ``noise_scale`` multiplies the noise but not the lesion contrast. Each case's drawn factors are in
 its datalist item under ``acquisition``.
 

@@ -77,8 +77,8 @@ def _age_box(hu, d, spacing_kji, f, terr) -> np.ndarray:
         csf |= grown > 0.5
     ventricles = csf & (d < -VENTRICLE_DEPTH_MM)
     asym = f["ventricle_asym_mm"]
-    if asym and (ventricles & _side(terr, asym > 0)).any():   # one lateral ventricle wider than the other
-        side = _side(terr, asym > 0)
+    side = _side(terr, asym > 0) if asym else None
+    if asym and (ventricles & side).any():                    # one lateral ventricle wider than the other
         grown = np.maximum(grown, _widen(hu, ventricles & side, inside & side, spacing_kji, abs(asym)))
         csf |= grown > 0.5
         ventricles = csf & (d < -VENTRICLE_DEPTH_MM)
