@@ -79,3 +79,29 @@ def test_lung_shifts_move_the_breath_and_the_pose_with_their_labels():
         assert np.median(turned.array[lungs & ~findings]) < -600                             # lungs still air
         assert np.median(turned.array[findings]) > np.median(turned.array[lungs & ~findings]) + 100
         assert not np.array_equal(lungs, case["regions"] > 0)
+
+
+def test_inserted_lesions_darken_one_hemispheres_parenchyma_across_territories():
+    """bench/inserted_lesions.py (bench_brain's insert:* rows): class 1 darkens the patient's left parenchyma only,
+    by about the contrast asked inside the lesion, leaves CSF, bone and the other hemisphere as they were, and
+    names every territory holding a fifth of the lesion; class 3 gives each side its own lesion."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import numpy as np
+    from inserted_lesions import insert, parenchyma
+    from ACATCore.data import synth
+    from ACATCore.data.territories import TERRITORIES
+    head = synth.make_case("brain", 4321, 0, 0)
+    case = insert(head, 1, np.random.default_rng(0), [15, 20], [20, 20])
+    change = case["image"].astype(np.float32) - head["image"]
+    left = np.isin(head["regions"], [n + 1 for n, t in enumerate(TERRITORIES) if t.endswith("_left")])
+    assert case["mask"].sum() > 1000 and (case["mask"] > 0).sum() == (case["mask"][left] > 0).sum()
+    assert change.max() <= 0 and np.all(change[~left] == 0)
+    assert np.all(change[~parenchyma(head) & (head["image"] < 10)] >= -2)        # CSF (and air) barely touched
+    assert np.median(change[case["mask"] > 0]) < -15                             # 20 HU darker inside, edges fade
+    assert case["lesions"] and {les["side"] for les in case["lesions"]} == {"left"}
+    held = np.bincount(head["regions"][case["mask"] > 0], minlength=7)[1:]
+    named = {les["territory"] for les in case["lesions"]}
+    assert named == {t for t, n in zip(TERRITORIES, held) if n >= 0.2 * held.sum()}
+    both = insert(head, 3, np.random.default_rng(1), [15, 20], [20, 20])
+    assert {les["side"] for les in both["lesions"]} == {"left", "right"}
+    assert not np.array_equal(head["image"], case["image"]) and head["mask"].sum() == 0   # the head itself untouched

@@ -147,6 +147,24 @@ def test_shipped_brain_classifier_reads_asymmetric_ventricles_and_calcifications
     assert (predicted == 0).sum() >= 7, predicted             # measured 8 of 8 (and 12 of 12 on the first 12)
 
 
+def test_shipped_brain_classifier_finds_lesions_inserted_as_an_insertion_tool_inserts_them():
+    """Lesion-free unseen heads given smooth irregular lesions across territory borders (bench/inserted_lesions.py,
+    bench_brain's insert:* rows), not the generator's territory-bound ones the bundle was trained on: the shape
+    of the lesions an independent tool inserts into real patient CT."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from inserted_lesions import insert
+    bundle = load_bundle("brain")
+    labels = synth.class_plan(16, 4, UNSEEN_SEED)
+    volumes = []
+    for index, label in enumerate(labels):
+        head = synth.make_case("brain", UNSEEN_SEED, index, 0)
+        case = insert(head, label, np.random.default_rng([UNSEEN_SEED, index]), [20, 35], [8, 20])
+        volumes.append(Volume(case["image"], case["spacing"], case["origin"], case["direction"]))
+    predicted, labels = classify(bundle, volumes), np.array(labels)
+    assert (predicted == labels).sum() >= 13, (predicted, labels)      # measured 16 of 16 (bundle of 2026-12-06)
+    assert (predicted[labels == 0] == 0).sum() >= 3, (predicted, labels)  # measured 4 of 4
+
+
 def test_shipped_brain_acat_that_kept_its_start_computes_its_baseline():
     """Every brain bundle since 2026-12-04 was fine-tuned with acat.validate_start and no epoch
     beat its start by the margin, so the card says best_epoch -1: then its gates are shut and, whatever map it

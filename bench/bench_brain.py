@@ -13,6 +13,10 @@ full coverage averages several and is slower). Rows:
               6 mm wider (atrophy3, atrophy6), white matter around the ventricles 8 HU darker (leuko8);
               neither (young: version 3's heads); one lateral ventricle 3 or 6 mm wider than the other (ventL3,
               ventR3, ventL6, ventR6: the patient's left or right); calcified choroid plexus (calc300)
+  insert:*    lesion-free heads given lesions the way a lesion-insertion tool gives them to real CT
+              (bench/inserted_lesions.py: smooth irregular ellipsoids of parenchyma across territory borders,
+              not the generator's territory-bound ones): demo (radius 20-35 mm), IS-3 (8-12), IS-4 (12-18),
+              each 8-20 HU darker; dark (20-35 mm, 20-30 HU darker)
 
 Columns: ACAT and baseline 4-class accuracy (from one analysis: ``probabilities`` and
 ``baseline_probabilities``), lesion-or-not sensitivity and specificity (ACAT), over the heads with a
@@ -41,6 +45,7 @@ from ACATCore.data.territories import TERRITORIES
 from ACATCore.errors import ACATError
 from ACATCore.pipeline import analyze, load_models
 from ACATCore.volume import Volume
+from inserted_lesions import insert
 from searches import SEARCHES
 
 DEMO = {"radius_mm": [20, 35], "contrast_hu": [8, 14]}
@@ -53,6 +58,8 @@ SHIFTS = {"slices5mm": {"slice_mm": 5.0}, "tilt10": {"tilt_deg": 10.0}, "noise2x
           "ventL3": {"ventricle_asym_mm": 3.0}, "ventR3": {"ventricle_asym_mm": -3.0},
           "ventL6": {"ventricle_asym_mm": 6.0}, "ventR6": {"ventricle_asym_mm": -6.0},
           "calc300": {"calcification_hu": 300.0}}
+INSERTED = {"demo": ([20, 35], [8, 20]), "IS-3": ([8, 12], [8, 20]), "IS-4": ([12, 18], [8, 20]),
+            "dark": ([20, 35], [20, 30])}       # (radius mm, contrast HU) of insert:* rows' lesions
 
 
 def row_options(row: str) -> tuple:
@@ -65,7 +72,18 @@ def row_options(row: str) -> tuple:
         return {"size_groups": [row]}, row
     if row.startswith("shift:") and row[6:] in SHIFTS:
         return {**DEMO, "acquisition": SHIFTS[row[6:]]}, None
-    raise SystemExit(f"unknown row {row!r}: demo, dark, IS-1..IS-4 or shift:{'|'.join(SHIFTS)}")
+    if row.startswith("insert:") and row[7:] in INSERTED:
+        return {}, None
+    raise SystemExit(f"unknown row {row!r}: demo, dark, IS-1..IS-4, shift:{'|'.join(SHIFTS)} "
+                     f"or insert:{'|'.join(INSERTED)}")
+
+
+def make_head(row: str, seed: int, index: int, label: int, options: dict, group) -> dict:
+    """Head ``index`` of a row: made by the generator, or (insert:*) made lesion-free and given inserted lesions."""
+    if not row.startswith("insert:"):
+        return synth.make_case("brain", seed, index, label, group if label else None, options=options)
+    case = synth.make_case("brain", seed, index, 0)
+    return insert(case, label, np.random.default_rng([seed, index, 17]), *INSERTED[row[7:]])
 
 
 def peak_hits(case: dict, result) -> tuple:
@@ -99,7 +117,7 @@ def run_row(row: str, bundle: str, n: int, seed: int, coverage: str = "sampled",
     labels = synth.class_plan(n, 4, seed)
     acat, base, hits, seconds = [], [], [], []
     for index, label in enumerate(labels):
-        case = synth.make_case("brain", seed, index, label, group if label else None, options=options)
+        case = make_head(row, seed, index, label, options, group)
         case = resampled(case, shape) if shape else case
         volume = Volume(case["image"], case["spacing"], case["origin"], case["direction"])
         start = time.perf_counter()
