@@ -3,8 +3,8 @@
 The generator grows its own lesions inside one of its geometric vascular territories, so a large infarct has
 straight edges where its territory ends. A tool that inserts lesions into real heads knows no such map: it
 darkens a smooth, irregular ellipsoid of parenchyma wherever it places it, across territory borders (not
-across the midline), leaving CSF and bone alone. ``insert`` does that to a head generated without a lesion; bench_brain's ``insert:*`` rows
-use it to ask whether the brain bundle finds lesions it was not trained on the shape of.
+across the midline), leaving CSF and bone alone. ``insert`` does that to a head generated without a lesion;
+bench_brain's ``insert:*`` rows use it to ask whether the brain bundle finds lesions it was not trained on the shape of.
 
 The truth for the hit score is every vascular territory (the head's own map) holding at least
 ``TERRITORY_SHARE`` of the lesion's voxels.
