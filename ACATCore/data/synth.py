@@ -42,7 +42,8 @@ Option ``variety: false`` gives plain heads instead (the earlier benchmark's kin
 Option ``acquisition`` fixes single factors for robustness benchmarks (``ACQUISITION``: slice_mm,
 pixel_mm, tilt_deg, noise_scale, hu_offset, head_scale, vertex_cut, bottom_cut, holder, pillow,
 beam_hardening, atrophy_mm, leukoaraiosis_hu and the bench-only ventricle_asym_mm, calcification_hu: these
-four also age plain heads); all other factors are drawn as usual, with the same values (only the noise and the lesion positions differ when the grid changes).
+four also age plain heads); all other factors are drawn as usual, with the same values (only the noise and
+the lesion positions differ when the grid changes).
 ``noise_scale`` multiplies the noise but not the lesion contrast. Each case's drawn factors are in
 its datalist item under ``acquisition``.
 
