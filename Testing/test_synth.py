@@ -219,6 +219,22 @@ def test_brain_contrast_and_size_group_options(tmp_path):
     assert json.loads((tmp_path / "datalist.json").read_text())["options"] == datalist["options"]
 
 
+def test_brain_contrast_option_of_several_ranges_draws_each_lesion_from_one(tmp_path):
+    # the extra contrast is drawn over the noise s.d. before noise_scale (2-8 HU): 2-3 HU gives 4-11, 30-31 gives 32-39
+    contrasts = []
+    for index in range(4):
+        case = synth.make_case("brain", seed=5, index=index, label=3, return_clean=True,
+                               options={"contrast_hu": [[2, 3], [30, 31]]})
+        inside = case["mask"] > 0
+        assert (case["clean"] - case["noiseless"])[inside].max() == pytest.approx(
+            max(les["contrast_hu"] for les in case["lesions"]), abs=0.01)
+        contrasts += [les["contrast_hu"] for les in case["lesions"]]
+    assert all(4 <= c <= 11 or 32 <= c <= 39 for c in contrasts), contrasts
+    assert min(contrasts) <= 11 and max(contrasts) >= 32, contrasts          # both ranges drawn
+    datalist = synth.generate("brain", n=2, seed=1, out_dir=tmp_path, options={"contrast_hu": [[2, 3], [30, 31]]})
+    assert datalist["options"] == {"contrast_hu": [[2.0, 3.0], [30.0, 31.0]]}
+
+
 def test_brain_radius_option_makes_larger_lesions_and_names_their_group():
     small = synth.make_case("brain", seed=6, index=2, label=2, size_group="IS-1")
     large = synth.make_case("brain", seed=6, index=2, label=2, size_group="IS-1",
@@ -247,6 +263,10 @@ def test_brain_radius_option_makes_larger_lesions_and_names_their_group():
     ("brain", {"involvement": [0.1, 0.2]}, "do not apply to the brain task"),
     ("brain", {"size_groups": ["IS-4"], "radius_mm": [20, 30]}, "not both"),
     ("lung", {"radius_mm": [20, 30]}, "do not apply to the lung task"),
+    ("brain", {"contrast_hu": [[2, 14], [3]]}, r"contrast_hu \[3\]: give two numbers"),
+    ("brain", {"contrast_hu": [[2, 14], [30, 20]]}, "lo <= hi"),
+    ("brain", {"ventricle_asym_mm": [-1, 3]}, "ventricle_asym_mm"),
+    ("lung", {"ventricle_asym_mm": [0, 6]}, "do not apply to the lung task"),
 ])
 def test_bad_options_are_refused_with_a_clear_error(tmp_path, task, options, words):
     from ACATCore.errors import ConfigError

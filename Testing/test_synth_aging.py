@@ -103,6 +103,22 @@ def test_asymmetric_ventricles_widen_one_side_only(young, side, sign):
     assert np.percentile(depth[grown], 5) > 8.0
 
 
+def test_ventricle_asymmetry_option_draws_a_side_and_a_width_for_every_varied_head():
+    drawn = [synth.make_case("brain", seed=12, index=i, label=0)["acquisition"] for i in range(8)]
+    options = {"ventricle_asym_mm": [2.0, 6.0]}
+    asym = [synth.make_case("brain", seed=12, index=i, label=0, options=options)["acquisition"] for i in range(8)]
+    widths = [a["ventricle_asym_mm"] for a in asym]
+    assert all(2.0 <= abs(w) <= 6.0 for w in widths) and min(widths) < 0 < max(widths), widths   # both sides
+    for a, d in zip(asym, drawn):                # every other factor as drawn without the option
+        assert a == {**d, "ventricle_asym_mm": a["ventricle_asym_mm"]}
+    # the drawn asymmetry is the bench's fixed one: the same head, voxel for voxel
+    fixed = synth.make_case("brain", seed=12, index=0, label=1,
+                            options={"acquisition": {"ventricle_asym_mm": widths[0]}})
+    with_option = synth.make_case("brain", seed=12, index=0, label=1, options=options)
+    np.testing.assert_array_equal(with_option["image"], fixed["image"])
+    assert not np.array_equal(with_option["image"], synth.make_case("brain", seed=12, index=0, label=1)["image"])
+
+
 def test_calcified_choroid_plexus_is_bright_on_both_sides_deep_in_the_brain(young):
     case = _head(calcification_hu=300.0)
     assert case["acquisition"]["calcification_hu"] == 300.0

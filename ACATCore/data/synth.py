@@ -67,8 +67,10 @@ HU offset and breath).
 Options (``generate(..., options={...})``, ``acat synth --size-groups/--contrast/--radius/--involvement``)
 make easier or harder variants; the standard benchmark is what you get without them, and each option
 only changes the cases it applies to. ``size_groups`` (brain) draws lesion sizes from chosen groups only;
-``contrast_hu`` (brain) sets the extra lesion contrast; ``radius_mm`` (brain) sets the lesion radius
-(e.g. 20-35 mm: territorial infarcts, the size group then follows the radius); ``variety`` (both tasks) and
+``contrast_hu`` (brain) sets the extra lesion contrast (one range, or several: each lesion's from one);
+``radius_mm`` (brain) sets the lesion radius (e.g. 20-35 mm: territorial infarcts, the size group then
+follows the radius); ``ventricle_asym_mm`` (brain) widens one lateral ventricle more than the other in every
+varied head, as many older patients' are (a dark asymmetry that is not a lesion); ``variety`` (both tasks) and
 ``acquisition`` (brain) are described above; ``involvement`` (lung)
 adds patches until a drawn fraction of the lungs is involved (MosMed grades its scans by this
 fraction: CT-1 < 25 %, CT-2 25-50 %, ...). The options used are recorded in ``datalist.json``.
@@ -100,7 +102,10 @@ from .territories import TERRITORIES, TERRITORY_LABELS  # noqa: F401 (synth.TERR
 # None keeps the standard benchmark; any other value changes the cases it applies to (and only those).
 DEFAULT_OPTIONS = {
     "size_groups": None,      # brain: draw every lesion's size group from these (e.g. ["IS-3", "IS-4"])
-    "contrast_hu": None,      # brain: [lo, hi] extra lesion contrast in HU (standard: LESION_EXTRA_CONTRAST_HU)
+    "contrast_hu": None,      # brain: [lo, hi] extra lesion contrast in HU (standard: LESION_EXTRA_CONTRAST_HU),
+                              # or a list of such ranges: each lesion's drawn from one of them, e.g.
+                              # [[2, 14], [2, 14], [2, 14], [14, 30]]: a quarter of the lesions darker
+    "ventricle_asym_mm": None,  # brain: [lo, hi] mm one lateral ventricle (side drawn) is wider than the other
     "radius_mm": None,        # brain: [lo, hi] lesion radius in mm instead of the size group's range
                               # (e.g. [20, 35]: territorial infarcts); size_group then follows the radius
     "involvement": None,      # lung: [lo, hi] fraction of the lungs involved in a positive case; patches
@@ -158,6 +163,17 @@ def _check_acquisition(value) -> dict:
     return out
 
 
+def _check_range(key: str, value, lo_min: float, hi_max: float) -> list:
+    """``value`` as [lo, hi] within [lo_min, hi_max], or a ConfigError naming ``key``."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} {value!r}: give two numbers [lo, hi]") from None
+    if not lo_min <= lo <= hi <= hi_max:
+        raise ConfigError(f"{key} [{lo}, {hi}]: need {lo_min} <= lo <= hi <= {hi_max}")
+    return [lo, hi]
+
+
 def check_options(task: str, options=None) -> dict:
     """The generator options (``DEFAULT_OPTIONS`` updated with ``options``), validated for ``task``."""
     options = dict(options or {})
@@ -171,17 +187,15 @@ def check_options(task: str, options=None) -> dict:
             raise ConfigError(f"size_groups {groups!r}: give a list of {', '.join(SIZE_GROUPS)}")
         full["size_groups"] = list(groups)
     for key, lo_min, hi_max in (("contrast_hu", 0.0, 200.0), ("radius_mm", 1.0, 60.0),
-                                ("involvement", 0.0, 0.9)):
+                                ("involvement", 0.0, 0.9), ("ventricle_asym_mm", 0.0, 10.0)):
         value = full[key]
         if value is None:
             continue
-        try:
-            lo, hi = (float(v) for v in value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key} {value!r}: give two numbers [lo, hi]") from None
-        if not lo_min <= lo <= hi <= hi_max:
-            raise ConfigError(f"{key} [{lo}, {hi}]: need {lo_min} <= lo <= hi <= {hi_max}")
-        full[key] = [lo, hi]
+        if key == "contrast_hu" and isinstance(value, (list, tuple)) and value \
+                and all(isinstance(v, (list, tuple)) for v in value):
+            full[key] = [_check_range(key, v, lo_min, hi_max) for v in value]
+        else:
+            full[key] = _check_range(key, value, lo_min, hi_max)
     if full["size_groups"] is not None and full["radius_mm"] is not None:
         raise ConfigError("give size_groups or radius_mm, not both (the radius decides the size group)")
     if full["variety"] is not None and not isinstance(full["variety"], bool):
@@ -189,7 +203,7 @@ def check_options(task: str, options=None) -> dict:
     if full["acquisition"] is not None:
         full["acquisition"] = _check_acquisition(full["acquisition"])
     wrong_task = [k for k in (("involvement",) if task == "brain" else
-                              ("size_groups", "contrast_hu", "radius_mm", "acquisition"))
+                              ("size_groups", "contrast_hu", "radius_mm", "acquisition", "ventricle_asym_mm"))
                   if full[k] is not None]
     if wrong_task:
         raise ConfigError(f"ACAT-Synth option(s) {wrong_task} do not apply to the {task} task")
@@ -205,7 +219,8 @@ def make_case(task: str, seed: int, index: int, label: int, size_group=None, ret
         groups = options["size_groups"] or SIZE_GROUPS
         extra = groups[rng.integers(len(groups))]
         return make_brain_case(rng, label, (size_group, extra), return_clean, options["contrast_hu"],
-                               options["radius_mm"], options["variety"] is not False, options["acquisition"])
+                               options["radius_mm"], options["variety"] is not False, options["acquisition"],
+                               options["ventricle_asym_mm"])
     return make_lung_case(rng, label, return_clean, options["involvement"], options["variety"] is not False)
 
 

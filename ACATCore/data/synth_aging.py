@@ -26,11 +26,17 @@ AGING_KEYS = ("atrophy_mm", "leukoaraiosis_hu", "ventricle_asym_mm", "calcificat
 CALCIFICATION_MM = 3.0    # radius of a calcified choroid plexus glomus (bench shift only: not drawn)
 
 
-def draw_aging(rng) -> dict:
-    """The aging factors of one varied head, from their own stream (the other factors do not move)."""
+def draw_aging(rng, ventricle_asym_mm=None) -> dict:
+    """The aging factors of one varied head, from their own stream (the other factors do not move).
+    ``ventricle_asym_mm`` ([lo, hi], the generator option): also widen one lateral ventricle, of a side drawn
+    at random, by a drawn amount (drawn after the others, so they stay as they are without it)."""
     u = rng.random(3)
-    return {"atrophy_mm": float(ATROPHY_MM[0] + (ATROPHY_MM[1] - ATROPHY_MM[0]) * u[0]),
-            "leukoaraiosis_hu": float(LEUKO_HU[0] + (LEUKO_HU[1] - LEUKO_HU[0]) * u[1]) if u[2] < LEUKO_P else 0.0}
+    aging = {"atrophy_mm": float(ATROPHY_MM[0] + (ATROPHY_MM[1] - ATROPHY_MM[0]) * u[0]),
+             "leukoaraiosis_hu": float(LEUKO_HU[0] + (LEUKO_HU[1] - LEUKO_HU[0]) * u[1]) if u[2] < LEUKO_P else 0.0}
+    if ventricle_asym_mm is not None:
+        side = 1.0 if rng.random() < 0.5 else -1.0            # > 0 the patient's left
+        aging["ventricle_asym_mm"] = side * float(rng.uniform(*ventricle_asym_mm))
+    return aging
 
 
 def age_brain(hu: np.ndarray, d: np.ndarray, spacing_kji, f: dict, territories=None) -> np.ndarray:

@@ -23,8 +23,6 @@ SIZE_RADII_MM = {"IS-1": (3.0, 5.0), "IS-2": (5.0, 8.0), "IS-3": (8.0, 12.0), "I
 BRAIN_NOISE_HU = (2.5, 4.5)
 LESION_EXTRA_CONTRAST_HU = (2.0, 6.0)   # lesion contrast = noise s.d. + this
 ATLAS_FILE = ("data", "ct_brain_atlas_1mm.nii.gz")
-
-
 BASE_PAD_MM = 36          # air margin around the atlas brain (covers skull + scalp of any drawn size)
 
 
@@ -493,7 +491,9 @@ def _add_lesions(rng_lesion, hu, terr, paren, label: int, size_groups, *, radius
             group = next((g_ for g_ in SIZE_GROUPS if radius < SIZE_RADII_MM[g_][1]), SIZE_GROUPS[-1])
         box, inside, profile = _grow_lesion(rng_lesion, allowed, centre, radius, spacing_kji,
                                             rng_lesion.uniform(0.15, 0.4))
-        contrast = noise0 + rng_lesion.uniform(*(contrast_hu or LESION_EXTRA_CONTRAST_HU))
+        ranges = contrast_hu or LESION_EXTRA_CONTRAST_HU   # several ranges: each lesion's from one of them
+        ranges = ranges[rng_lesion.integers(len(ranges))] if np.ndim(ranges) == 2 else ranges
+        contrast = noise0 + rng_lesion.uniform(*ranges)
         hu[box] -= np.float32(contrast) * profile
         mask[box][inside] = TERRITORY_LABELS[territory]
         voxels = int(inside.sum())
@@ -528,11 +528,14 @@ def _acquisition_record(f, g, variety: bool) -> dict:
 
 
 def make_brain_case(rng, label: int, size_groups=(None, None), return_clean: bool = False,
-                    contrast_hu=None, radius_mm=None, variety: bool = True, acquisition=None) -> dict:
+                    contrast_hu=None, radius_mm=None, variety: bool = True, acquisition=None,
+                    ventricle_asym_mm=None) -> dict:
     """One synthetic head CT. ``label``: 0 none, 1 left, 2 right, 3 both. Returns arrays + metadata.
 
-    ``contrast_hu`` ([lo, hi] HU) replaces the standard extra lesion contrast ``LESION_EXTRA_CONTRAST_HU``;
-    ``radius_mm`` ([lo, hi]) the size group's radius range (the group is then the one the radius falls in).
+    ``contrast_hu`` ([lo, hi] HU, or a list of such ranges, each lesion's drawn from one of them) replaces the
+    standard extra lesion contrast ``LESION_EXTRA_CONTRAST_HU``; ``radius_mm`` ([lo, hi]) the size group's
+    radius range (the group is then the one the radius falls in); ``ventricle_asym_mm`` ([lo, hi]) widens one
+    lateral ventricle, of a side drawn at random, by so many mm more than the other (varied heads).
     ``variety`` False gives the plain heads (mild warp, 1 x 1 x 5 mm, 192 x 224 x 34); ``acquisition``
     fixes single factors (see ``ACQUISITION``). Each lesion records its drawn ``radius_mm`` and its
     ``equivalent_radius_mm`` from the voxel count (smaller where the territory's parenchyma runs out)
@@ -548,7 +551,7 @@ def make_brain_case(rng, label: int, size_groups=(None, None), return_clean: boo
     seeds = [int(s) for s in rng.integers(0, 2 ** 32, 3)]
     rng_field, rng_lesion, rng_noise = (np.random.default_rng(s) for s in seeds)
     if variety:                                        # an older brain, from its own stream (generator version 4)
-        aging = draw_aging(np.random.default_rng([seeds[0], 4]))
+        aging = draw_aging(np.random.default_rng([seeds[0], 4]), ventricle_asym_mm)
         f.update({k: v for k, v in aging.items() if k not in (acquisition or {})})
     g = _head_geometry(base, f, variety)
     xs, ys, zs, n_sub = g["xs"], g["ys"], g["zs"], g["n_sub"]
