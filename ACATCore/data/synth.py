@@ -70,7 +70,7 @@ only changes the cases it applies to. ``size_groups`` (brain) draws lesion sizes
 ``contrast_hu`` (brain) sets the extra lesion contrast (one range, or several: each lesion's from one);
 ``radius_mm`` (brain) sets the lesion radius (e.g. 20-35 mm: territorial infarcts, the size group then
 follows the radius); ``ventricle_asym_mm`` (brain) widens one lateral ventricle more than the other in every
-varied head, as many older patients' are (a dark asymmetry that is not a lesion); ``variety`` (both tasks) and
+varied head (a common normal variant: dark on one side, not a lesion); ``variety`` (both tasks) and
 ``acquisition`` (brain) are described above; ``involvement`` (lung)
 adds patches until a drawn fraction of the lungs is involved (MosMed grades its scans by this
 fraction: CT-1 < 25 %, CT-2 25-50 %, ...). The options used are recorded in ``datalist.json``.
