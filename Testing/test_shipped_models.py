@@ -113,11 +113,12 @@ def test_shipped_brain_classifier_finds_territorial_infarcts_on_unseen_heads():
     predicted, labels = classify_heads(bundle, 32, DEMO_VARIANT)
     sensitivity = (predicted[labels > 0] > 0).mean()
     specificity = (predicted[labels == 0] == 0).mean()
-    # measured on these 32 heads (generator version 4) with the bundle of 2026-12-06 (sixteenth session, a quarter of
-    # the training lesions darker, asymmetric ventricles): 32/32, sensitivity 24/24, specificity 8/8; thirteenth
-    # session (aged heads): 31/32, 24/24, 8/8; on version 3's heads with the bundle of 2026-12-05 (eighth session,
-    # 1920 heads, 160 epochs): 32/32, sensitivity 24/24, specificity 8/8 (80 epochs: 31/32, 24/24, 7/8; 960 heads at
-    # 22 slabs: 32/32, 24/24, 8/8; 2026-12-04, 11 slabs: 31/32, 24/24, 8/8; 480 heads: 26/32, 24/24, 4/8); chance is 25%
+    # measured on these 32 heads (generator version 4) with the bundle shipped 2026-12-06 (seventeenth session, a
+    # quarter of the training lesions darker, asymmetric ventricles): 32/32, sensitivity 24/24, specificity 8/8;
+    # thirteenth session (aged heads): 31/32, 24/24, 8/8; on version 3's heads with the bundle of 2026-12-05 (eighth
+    # session, 1920 heads, 160 epochs): 32/32, sensitivity 24/24, specificity 8/8 (80 epochs: 31/32, 24/24, 7/8; 960
+    # heads at 22 slabs: 32/32, 24/24, 8/8; 2026-12-04, 11 slabs: 31/32, 24/24, 8/8; 480 heads: 26/32, 24/24, 4/8);
+    # chance is 25%
     assert (predicted == labels).mean() >= 0.85, (predicted, labels)
     assert sensitivity >= 0.85 and specificity >= 6 / 8, (sensitivity, specificity)
 
@@ -137,8 +138,8 @@ def test_shipped_brain_classifier_reads_asymmetric_ventricles_and_calcifications
     """Two signs of a real adult head: one lateral ventricle wider than the other (a dark asymmetry, like a lesion
     on that side; alternately the patient's left and right) and a calcified choroid plexus (bright, 300 HU; brain
     extraction leaves it out of the brain, and the generator never draws it for training). Lesion-free heads stay
-    "no lesion". Since 2026-12-06 (sixteenth session) the training heads have one ventricle 0-6 mm wider; the bundle
-    before, which never saw it, called 3 of the 8 heads with 6 mm a lesion."""
+    "no lesion". The bundle shipped since 2026-12-06 (seventeenth session) was trained on heads with one ventricle 0-6
+    mm wider; the bundle before, which never saw it, called 3 of the 8 heads with 6 mm a lesion."""
     bundle = load_bundle("brain")
     for width in (3.0, 6.0):
         volumes = []
@@ -153,8 +154,8 @@ def test_shipped_brain_classifier_reads_asymmetric_ventricles_and_calcifications
 
 def test_shipped_brain_classifier_finds_infarcts_darker_than_most_of_its_training_lesions():
     """Infarcts 20-28 and 28-40 HU darker than the brain: three quarters of the training lesions are 2-14 HU, a
-    quarter 14-30 (since 2026-12-06, sixteenth session); the bundle before, trained on 2-14 HU only, was right in
-    11 and 9 of these 16 heads, missing the darkest lesions it had never seen."""
+    quarter 14-30 (the bundle shipped since 2026-12-06, seventeenth session); the bundle before, trained on 2-14 HU
+    only, was right in 11 and 9 of these 16 heads, missing the darkest lesions it had never seen."""
     bundle = load_bundle("brain")
     for contrast, at_least in (([20, 28], 13), ([28, 40], 12)):
         predicted, labels = classify_heads(bundle, 16, {"radius_mm": [20, 35], "contrast_hu": contrast})
@@ -203,7 +204,7 @@ def test_shipped_brain_acat_through_analyze_on_unseen_heads():
     fresh heads with territorial infarcts. Its 4-class accuracy and the hit score (the saliency peak in
     the lesion's vascular territory, read on the head's own territory map as the paper reads a registered
     atlas). Measured on these heads with analyze's default search (FISTA, 7 steps) and the bundle of
-    2026-12-06 (sixteenth session: 1920 aged heads, generator version 4, a quarter of the lesions darker, asymmetric
+    2026-12-06 (seventeenth session: 1920 aged heads, generator version 4, a quarter of the lesions darker, asymmetric
     ventricles; its ACAT kept its start, so it computes its baseline's function): ACAT 11/12 (baseline 11/12), hit
     9/9 (thirteenth session: 11/12, 9/9; version 3's heads, 2026-12-05: 11/12, 8/9; 80 epochs:
     11/12, 9/9; 960 heads: 10/12, 9/9; 2026-12-04: 12/12, 8/9); chance is 3/12 and about 1/6.
