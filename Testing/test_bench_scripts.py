@@ -106,3 +106,24 @@ def test_inserted_lesions_darken_one_hemispheres_parenchyma_across_territories()
     both = insert(head, 3, np.random.default_rng(1), [15, 20], [20, 20])
     assert {les["side"] for les in both["lesions"]} == {"left", "right"}
     assert np.array_equal(head["image"], before) and head["mask"].sum() == 0     # the head given is untouched
+
+
+def test_classifier_bench_reads_inserted_rows_and_summarises_over_models(monkeypatch, capsys):
+    """bench_brain_classifiers.py scores the insert:* rows on bench_brain's own heads (lesions inserted into
+    lesion-free heads, not the generator's), and its summary gives each model's accuracy over all seeds'
+    heads with the mean and standard error across the models."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import numpy as np
+    import bench_brain
+    import bench_brain_classifiers as bbc
+    seen = []
+    monkeypatch.setattr(bbc, "probabilities", lambda models, case: seen.append(case) or [np.eye(4)[0]] * 2)
+    rows = bbc.run([None, None], ["a", "b"], "insert:IS-3", 9400, 4, 3.0)
+    labels = bbc.synth.class_plan(4, 4, 9400)
+    assert [r["acc"] for r in rows] == [0.25, 0.25] and [r["spec"] for r in rows] == [1.0, 1.0]
+    for index, (case, label) in enumerate(zip(seen, labels)):
+        made = bench_brain.make_head("insert:IS-3", 9400, index, int(label), {}, None)
+        assert np.array_equal(case["image"], made["image"]) and len(case["lesions"]) == (label > 0) + (label == 3)
+    bbc.summary({"demo": [[1.0, 0.5], [0.5, 0.5]]}, ["seed0", "seed1"])
+    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("demo")][0]
+    assert line.split() == ["demo", "75.0%", "50.0%", "62.5%", "12.5"]

@@ -5,12 +5,15 @@ Each model file (a trained stage's ``model.safetensors``, e.g. ``runs/X/seed0/ba
 says (heads are made and brain-extracted once, prepared once per distinct preprocessing). No saliency,
 no ACAT: this compares what different training recipes or preprocessings do to the classifier itself,
 quickly (about 1.5 s a head on one core, most of it making the head). Rows as in ``bench_brain.py``
-(``demo``, ``IS-1``..``IS-4``, ``shift:*``). Columns per model: 4-class accuracy, sensitivity and
-specificity of lesion-or-not, specificity on the heads with slices thinner than ``--thick`` mm and on the
-others, and the mean p(no lesion) of the thick-slice lesion-free heads. Prints a table; asserts nothing.
+(``demo``, ``IS-1``..``IS-4``, ``shift:*``, ``insert:*``: the same heads as there). Columns per model:
+4-class accuracy, sensitivity and specificity of lesion-or-not, specificity on the heads with slices thinner
+than ``--thick`` mm and on the others, and the mean p(no lesion) of the thick-slice lesion-free heads. Then a
+summary: per row each model's accuracy over all ``--seeds``' heads, and the mean and standard error across
+the models (given the seeds of one recipe, that is the recipe's figure over seeds). Prints tables; asserts
+nothing.
 
     python bench/bench_brain_classifiers.py --models Resources/models/brain/classifier.safetensors \\
-        runs/probe_brain/seed0/baseline --seeds 9400,9500 --n 96 [--rows demo] [--thick 3]
+        runs/probe_brain/seed0/baseline --seeds 9400,9500 --n 96 [--rows demo,IS-3,insert:IS-3] [--thick 3]
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from bench_brain import row_options  # noqa: E402
+from bench_brain import make_head, row_options  # noqa: E402
 from ACATCore.brain_extraction import extract_brain  # noqa: E402
 from ACATCore.checkpoint import load_model  # noqa: E402
 from ACATCore.data import synth  # noqa: E402
@@ -72,11 +75,24 @@ def run(models, names, row: str, seed: int, n: int, thick_mm: float) -> list:
     labels = synth.class_plan(n, 4, seed)
     thickness, probs = [], [[] for _ in models]
     for index, label in enumerate(labels):
-        case = synth.make_case("brain", seed, index, label, group if label else None, options=options)
+        case = make_head(row, seed, index, int(label), options, group)
         thickness.append(case["acquisition"]["slice_mm"])
         for m, p in enumerate(probabilities(models, case)):
             probs[m].append(p)
     return [dict(score(labels, thickness, probs[m], thick_mm), model=names[m]) for m in range(len(models))]
+
+
+def summary(pooled: dict, names: list) -> None:
+    """Per row: each model's accuracy over all seeds' heads, then their mean and standard error (the models
+    being e.g. the seeds of one recipe: "3 seeds with standard errors")."""
+    print(f"\n{'row':<16}" + "".join(f"{'model ' + str(m + 1):>10}" for m in range(len(names)))
+          + f"{'mean':>8}{'SE':>6}")
+    for row, accs in pooled.items():
+        acc = [100 * float(np.mean(a)) for a in accs]
+        se = float(np.std(acc, ddof=1) / np.sqrt(len(acc))) if len(acc) > 1 else float("nan")
+        print(f"{row:<16}" + "".join(f"{a:>9.1f}%" for a in acc) + f"{np.mean(acc):>7.1f}%{se:>6.1f}")
+    for m, name in enumerate(names):
+        print(f"model {m + 1}: {name}")
 
 
 def main(argv=None) -> int:
@@ -94,15 +110,19 @@ def main(argv=None) -> int:
         model, card = load_model(model_file(path))
         models.append((model.eval(), check_spec(card["preprocessing"])))
         names.append(str(path))
-    print(f"{'model':<48}{'row':<8}{'seed':>6}{'acc':>7}{'sens':>7}{'spec':>7}"
+    print(f"{'model':<48}{'row':<13}{'seed':>6}{'acc':>7}{'sens':>7}{'spec':>7}"
           f"{'spec<' + format(args.thick, 'g'):>8}{'spec>=':>8}{'p0>=':>7}")
+    pooled = {}
     for row in args.rows.split(","):
+        pooled[row] = [[] for _ in models]
         for seed in (int(s) for s in args.seeds.split(",")):
-            for r in run(models, names, row, seed, args.n, args.thick):
-                print(f"{r['model'][-48:]:<48}{row:<8}{seed:>6}{100 * r['acc']:>6.1f}%{100 * r['sens']:>6.0f}%"
+            for m, r in enumerate(run(models, names, row, seed, args.n, args.thick)):
+                pooled[row][m].append(r["acc"])
+                print(f"{r['model'][-48:]:<48}{row:<13}{seed:>6}{100 * r['acc']:>6.1f}%{100 * r['sens']:>6.0f}%"
                       f"{100 * r['spec']:>6.0f}%{100 * r['spec_thin']:>7.0f}%{100 * r['spec_thick']:>7.0f}%"
                       f"{r['p0_thick']:>7.2f}   (lesion-free thin {r['n_thin']}, thick {r['n_thick']})",
                       flush=True)
+    summary(pooled, names)
     return 0
 
 
