@@ -127,3 +127,18 @@ def test_classifier_bench_reads_inserted_rows_and_summarises_over_models(monkeyp
     bbc.summary({"demo": [[1.0, 0.5], [0.5, 0.5]]}, ["seed0", "seed1"])
     line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("demo")][0]
     assert line.split() == ["demo", "75.0%", "50.0%", "62.5%", "12.5"]
+
+
+def test_operating_point_raises_the_odds_of_a_lesion_and_keeps_the_sides_shares():
+    """bench_operating_point.py's offset multiplies the odds of "any lesion" by e**offset and leaves how the
+    lesion probability splits between left, right and both; offset 0 is the model as trained."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import numpy as np
+    from bench_operating_point import scores, shifted
+    p = np.array([[0.5, 0.25, 0.2, 0.05], [0.9, 0.0, 0.1, 0.0]])
+    assert np.allclose(shifted(p, 0.0), p, atol=1e-8)
+    q = shifted(p, np.log(3.0))                       # odds 1 -> 3 and 1/9 -> 1/3
+    assert np.allclose(q[0], [0.25, 0.375, 0.3, 0.075]) and np.allclose(q[1], [0.75, 0.0, 0.25, 0.0], atol=1e-8)
+    s = scores(q, np.array([1, 0]), sizes=np.array([3, 0]))
+    assert (s["acc"], s["sens"], s["spec"], s["side"], s["IS-3"]) == (1.0, 1.0, 1.0, 1.0, 1.0)
+    assert np.isnan(s["IS-4"])
