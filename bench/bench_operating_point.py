@@ -62,21 +62,21 @@ def seed_probabilities(cfg: dict, rt, seed: int, which: str) -> dict:
     out = {}
     for name in ("val", "test"):
         probs, labels = predict(model, splits[name], rt, needs)
-        sizes = np.load(splits[name].cache / "size.npy")[splits[name].indices]
-        out[name] = (probs.numpy(), labels.numpy(), sizes)
+        sizes = splits[name].array("size")                     # None for a datalist without size groups
+        out[name] = (probs.numpy(), labels.numpy(), None if sizes is None else sizes[splits[name].indices])
     return out
 
 
 def print_seed(seed: int, data: dict, offsets: list, brain: bool) -> None:
-    groups = [f"IS-{g}" for g in range(1, 5)] if brain else []
+    groups = [f"IS-{g}" for g in range(1, 5)] if brain else []      # "-" where the sizes are unknown
     best = max(offsets, key=lambda b: scores(shifted(data["val"][0], b), data["val"][1])["acc"])
     for b in offsets:
         cells = []
         for name in ("val", "test"):
             probs, labels, sizes = data[name]
-            s = scores(shifted(probs, b), labels, sizes if brain and name == "test" else None)
+            s = scores(shifted(probs, b), labels, sizes if groups and name == "test" else None)
             cells += [f"{100 * s[k]:.1f}%" for k in ("acc", "sens", "spec", "side")]
-        cells += [f"{100 * s[g]:.0f}%" if np.isfinite(s[g]) else "-" for g in groups]
+        cells += [f"{100 * s[g]:.0f}%" if np.isfinite(s.get(g, np.nan)) else "-" for g in groups]
         print(f"| {seed} | {b:g} | " + " | ".join(cells) + " |")
     test = scores(shifted(data["test"][0], best), data["test"][1])["acc"]
     print(f"| {seed} | best on validation: {best:g} | test {100 * test:.1f}% |" + " |" * (7 + len(groups)))
