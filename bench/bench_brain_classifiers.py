@@ -33,6 +33,7 @@ from bench_brain import make_head, row_options  # noqa: E402
 from ACATCore.brain_extraction import extract_brain  # noqa: E402
 from ACATCore.checkpoint import load_model  # noqa: E402
 from ACATCore.data import synth  # noqa: E402
+from ACATCore.metrics import mean_sem  # noqa: E402
 from ACATCore.preprocessing import check_spec, prepare, to_canonical  # noqa: E402
 from ACATCore.volume import Volume  # noqa: E402
 
@@ -89,8 +90,8 @@ def summary(pooled: dict, names: list) -> None:
           + f"{'mean':>8}{'SE':>6}")
     for row, accs in pooled.items():
         acc = [100 * float(np.mean(a)) for a in accs]
-        se = float(np.std(acc, ddof=1) / np.sqrt(len(acc))) if len(acc) > 1 else float("nan")
-        print(f"{row:<16}" + "".join(f"{a:>9.1f}%" for a in acc) + f"{np.mean(acc):>7.1f}%{se:>6.1f}")
+        mean, se = mean_sem(acc)
+        print(f"{row:<16}" + "".join(f"{a:>9.1f}%" for a in acc) + f"{mean:>7.1f}%{se:>6.1f}")
     for m, name in enumerate(names):
         print(f"model {m + 1}: {name}")
 

@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ACATCore.errors import ACATError                          # noqa: E402
+from ACATCore.metrics import accuracy, sensitivity_specificity  # noqa: E402
 from training.cards import load_final                          # noqa: E402
 from training.classifier import predict                        # noqa: E402
 from training.config import load_config                        # noqa: E402
@@ -43,8 +44,9 @@ def shifted(probs: np.ndarray, offset: float) -> np.ndarray:
 def scores(probs: np.ndarray, labels: np.ndarray, sizes=None) -> dict:
     """Accuracy, sensitivity, specificity (and per size group sensitivity when ``sizes`` is given)."""
     pred = probs.argmax(1)
-    out = {"acc": np.mean(pred == labels), "sens": np.mean(pred[labels > 0] > 0),
-           "spec": np.mean(pred[labels == 0] == 0), "side": np.mean((pred == labels)[(labels > 0) & (pred > 0)])}
+    sens, spec = sensitivity_specificity(labels, pred)
+    found = (labels > 0) & (pred > 0)
+    out = {"acc": accuracy(labels, pred), "sens": sens, "spec": spec, "side": accuracy(labels[found], pred[found])}
     for g in range(1, 5) if sizes is not None else ():
         hit = pred[(labels > 0) & (np.minimum(sizes, 4) == g)] > 0
         out[f"IS-{g}"] = np.mean(hit) if hit.size else np.nan
