@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from training import lesion_loss
 from training.augment import augment_batch, flip_batch, flip_decisions
 from training.config import TASK_DEFAULTS, HyperParams
 from training.data import DataSet
@@ -27,25 +28,31 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 def classifier_stage(name: str, hp: HyperParams, train: DataSet, *, seed: int, num_classes: int,
                      needs_saliency: bool, label_map: Optional[list], rt: Runtime) -> Stage:
     """Class-weighted cross-entropy (mean over samples, so that averaging over DDP ranks equals
-    the global mean) with random left-right flips (labels swapped by `label_map`) and augmentation.
+    the global mean) with random left-right flips (labels swapped by `label_map`) and augmentation;
+    plus hp.lesion_loss times the lesion-cell loss when it is on (training.lesion_loss: the model
+    carries its training-only head, the batches their lesion masks, flipped and moved with the image).
 
     train: the training split (its labels give the class weights).
     """
     weights = class_weights(train.labels, num_classes) if hp.class_weighted \
         else torch.ones(num_classes)
     weights = weights.to(rt.device)
+    spatial = ("x", "saliency", "mask")
 
     def get_batch(ds, pos, epoch):
-        b = ds.get(pos, with_saliency=needs_saliency)
-        b = flip_batch(b, flip_decisions(pos, hp.flip, seed, epoch), label_map)
-        b = augment_batch(b, hp.augment, pos, seed, epoch)
+        b = ds.get(pos, with_saliency=needs_saliency, with_mask=hp.lesion_loss > 0)
+        b = flip_batch(b, flip_decisions(pos, hp.flip, seed, epoch), label_map, keys=spatial)
+        b = augment_batch(b, hp.augment, pos, seed, epoch, keys=spatial)
         b.pop("index")
         return b
 
     def loss(model, batch, rt):
         logits = forward(model, batch, needs_saliency)
         per = F.cross_entropy(logits.float(), batch["y"], reduction="none")
-        return (per * weights[batch["y"]]).mean()
+        total = (per * weights[batch["y"]]).mean()
+        if hp.lesion_loss > 0:
+            total = total + hp.lesion_loss * lesion_loss.loss(unwrap(model), batch["mask"])
+        return total
 
     def validate(model, ds, rt):
         probs, y = predict(model, ds, rt, needs_saliency)

@@ -51,7 +51,10 @@ DEFAULTS = {
     # accumulated gradients (less memory; 1 process x 2 micro-batches == 2 DDP processes)
     "baseline": {"model": None, "model_config": {}, "micro_batches": 1, "epochs": 200,
                  "lr": 1e-4, "weight_decay": 5e-5, "lr_min": 1e-7, "batch_size": 8,
-                 "class_weighted": True, "flip": 0.5, "augment": None},
+                 "class_weighted": True, "flip": 0.5, "augment": None,
+                 # lesion_loss: weight of the lesion-cell loss (training/lesion_loss.py; 0 = the paper's loss);
+                 # lesion_layer: the conv layer (1-7) whose cells it supervises, null = the last
+                 "lesion_loss": 0.0, "lesion_layer": None},
     "autoencoder": {"model": "autoencoder", "model_config": {}, "micro_batches": 1, "epochs": 100,
                     "lr": 1e-4,
                     "weight_decay": 0.0, "lr_min": 1e-7, "batch_size": 32, "flip": 0.5},
@@ -99,6 +102,8 @@ class HyperParams:
     new_lr: Optional[float] = None       # lr of the tensors a fine-tuned model did not take from the baseline
     validate_start: bool = False         # the weights before training compete for the best on validation
     start_margin: float = 0.0            # ... and an epoch replaces them only if it scores more than this higher
+    lesion_loss: float = 0.0             # weight of the lesion-cell loss (training.lesion_loss); 0: off
+    lesion_layer: Optional[int] = None   # the conv layer whose cells it supervises (None: the last)
 
     @classmethod
     def from_config(cls, section: dict) -> "HyperParams":
@@ -248,6 +253,9 @@ def _check_stage(stage: str, s: dict):
     margin = s.get("start_margin", 0.0)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
         raise ConfigError(f"{stage}.start_margin is a validation-score margin in [0, 1), not {margin!r}")
+    weight = s.get("lesion_loss", 0.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+        raise ConfigError(f"{stage}.lesion_loss is a non-negative weight (0: off), not {weight!r}")
     if not 0 <= s.get("flip", 0) <= 1:
         raise ConfigError(f"{stage}.flip is a probability in [0, 1], not {s['flip']!r}")
 

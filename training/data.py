@@ -186,9 +186,9 @@ class DataSet:
     def labels(self) -> np.ndarray:
         return self.array("y")[self.indices]
 
-    def get(self, positions, with_saliency=False) -> dict:
+    def get(self, positions, with_saliency=False, with_mask=False) -> dict:
         """The batch at split positions `positions` (not global indices): tensors x, y, index
-        (and saliency)."""
+        (and saliency; and mask (B, S, 1, H, W) float, 1 in lesion)."""
         positions = np.asarray(positions)
         g = self.indices[positions]
         order = np.argsort(g)                 # memmap fancy indexing wants sorted indices
@@ -200,6 +200,12 @@ class DataSet:
                 raise ACATError("this model needs saliency maps; run "
                                 "python -m training.make_saliency first")
             out["saliency"] = torch.from_numpy(np.asarray(self.saliency[positions], np.float32))
+        if with_mask:
+            mask = self.array("mask")
+            if mask is None:
+                raise ACATError("baseline.lesion_loss needs the data's lesion masks: give every datalist entry a "
+                                "'mask' (ACAT-Synth has them), or set baseline.lesion_loss to 0")
+            out["mask"] = torch.from_numpy(mask[g[order]][inv].astype(np.float32))[:, :, None]
         return out
 
 

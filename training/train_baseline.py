@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch.nn.functional as F
 
+from training import lesion_loss
 from training.cards import build, model_card, save_stage
 from training.classifier import fit_classifier
 from training.config import HyperParams, base_parser, config_from_args
@@ -49,12 +50,16 @@ def train_baseline(cfg: dict, seed: int, rt: Runtime, resume: bool = False,
     model = build(section["model"], section["model_config"], cfg["task"])
     if feature_dropout:
         add_feature_dropout(model, feature_dropout)
+    if hp.lesion_loss > 0:
+        lesion_loss.attach(model, hp.lesion_layer)      # a training-only head, removed before saving
     rt.log(f"[{stage}] seed {seed}: {section['model']} on {len(splits['train'])} training / "
            f"{len(splits['val'])} validation volumes, {hp.epochs} epochs, device {rt.device}, "
            f"{rt.world_size} process(es)")
 
     model, metrics = fit_classifier(model, stage, cfg, hp, splits, rt, folder=folder, seed=seed,
                                     resume=resume, needs_saliency=False)
+    if hp.lesion_loss > 0:
+        lesion_loss.detach(model)
 
     card = model_card(cfg, stage, seed, splits, metrics,
                       extra={"feature_dropout": feature_dropout} if feature_dropout else None)
