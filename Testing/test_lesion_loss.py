@@ -73,6 +73,9 @@ def test_bad_settings_are_clear_errors():
     cfg = config.merge(config.DEFAULTS, {"task": "brain", "baseline": {"lesion_loss": -1}})
     with pytest.raises(ConfigError, match="lesion_loss"):
         config.validate_config(cfg)
+    lung_cfg = config.merge(config.DEFAULTS, {"task": "lung", "baseline": {"lesion_loss": 1.0}})
+    with pytest.raises(ConfigError, match="0 for lung"):                # refused before any data is read
+        config.validate_config(lung_cfg)
 
 
 def toy_brain_datalist(folder, with_masks=True):

@@ -217,6 +217,8 @@ def validate_config(cfg: dict) -> dict:
     _check_data(cfg["data"], task)
     for stage in TRAINED_STAGES:
         _check_stage(stage, cfg[stage])
+    if cfg["baseline"]["lesion_loss"] and task != "brain":
+        raise ConfigError("baseline.lesion_loss supervises the brain classifier's cells; set it to 0 for lung")
     _check_extras(cfg)
     return cfg
 
