@@ -48,16 +48,19 @@ DEFAULTS = {
         "max_train": None,               # keep only this many training volumes (Table 4)
     },
     # micro_batches: split each (per-process) batch into this many sequential micro-batches with
-    # accumulated gradients (less memory; 1 process x 2 micro-batches == 2 DDP processes)
+    # accumulated gradients (less memory; 1 process x 2 micro-batches == 2 DDP processes).
+    # Every stage: cpu_bf16 (its training steps under bf16 autocast on the CPU too; runtime.bf16 is the
+    # GPU's), patience (stop after this many epochs without a new best on validation; null: all epochs)
     "baseline": {"model": None, "model_config": {}, "micro_batches": 1, "epochs": 200,
                  "lr": 1e-4, "weight_decay": 5e-5, "lr_min": 1e-7, "batch_size": 8,
                  "class_weighted": True, "flip": 0.5, "augment": None,
                  # lesion_loss: weight of the lesion-cell loss (training/lesion_loss.py; 0 = the paper's loss);
                  # lesion_layer: the conv layer (1-7) whose cells it supervises, null = the last
-                 "lesion_loss": 0.0, "lesion_layer": None},
+                 "lesion_loss": 0.0, "lesion_layer": None, "cpu_bf16": False, "patience": None},
     "autoencoder": {"model": "autoencoder", "model_config": {}, "micro_batches": 1, "epochs": 100,
                     "lr": 1e-4,
-                    "weight_decay": 0.0, "lr_min": 1e-7, "batch_size": 32, "flip": 0.5},
+                    "weight_decay": 0.0, "lr_min": 1e-7, "batch_size": 32, "flip": 0.5,
+                    "cpu_bf16": False, "patience": None},
     "saliency": {"method": "counterfactual", "batch_size": 1,
                  "options": {"steps": 20, "alpha": 100.0}},
     "acat": {"model": None, "model_config": {}, "micro_batches": 1, "epochs": 100, "lr": 1e-5,
@@ -65,7 +68,7 @@ DEFAULTS = {
              "lr_min": 1e-7, "batch_size": 8, "class_weighted": True, "flip": 0.5, "augment": None,
              "init_from_baseline": True, "new_lr": None,   # new_lr: lr of the tensors not from the baseline
              # validate_start: the start (identity-start ACAT = its baseline) is kept if no epoch beats it
-             "validate_start": False, "start_margin": 0.0},
+             "validate_start": False, "start_margin": 0.0, "cpu_bf16": False, "patience": None},
     "competitors": [],                   # any of COMPETITORS, fine-tuned like ACAT (Table 2)
     "competitor_config": {},             # model name -> extra build_model config (e.g. vit sizes)
     "dropout_control": [],               # feature-dropout p values (Sec. 4.7), e.g. [0.2, 0.6]
@@ -104,6 +107,8 @@ class HyperParams:
     start_margin: float = 0.0            # ... and an epoch replaces them only if it scores more than this higher
     lesion_loss: float = 0.0             # weight of the lesion-cell loss (training.lesion_loss); 0: off
     lesion_layer: Optional[int] = None   # the conv layer whose cells it supervises (None: the last)
+    cpu_bf16: bool = False               # training steps under bf16 autocast on the CPU too (GPUs: runtime.bf16)
+    patience: Optional[int] = None       # stop after this many epochs without a new best on validation
 
     @classmethod
     def from_config(cls, section: dict) -> "HyperParams":
@@ -250,8 +255,12 @@ def _check_stage(stage: str, s: dict):
         raise ConfigError(f"{stage}.lr must be positive, not {s['lr']!r}")
     if s.get("new_lr") is not None and (not isinstance(s["new_lr"], (int, float)) or s["new_lr"] <= 0):
         raise ConfigError(f"{stage}.new_lr must be a positive number or null, not {s['new_lr']!r}")
-    if "validate_start" in s and not isinstance(s["validate_start"], bool):
-        raise ConfigError(f"{stage}.validate_start must be true or false, not {s['validate_start']!r}")
+    for key in ("validate_start", "cpu_bf16"):
+        if key in s and not isinstance(s[key], bool):
+            raise ConfigError(f"{stage}.{key} must be true or false, not {s[key]!r}")
+    patience = s.get("patience")
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+        raise ConfigError(f"{stage}.patience is a number of epochs >= 1 (or null: every epoch), not {patience!r}")
     margin = s.get("start_margin", 0.0)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
         raise ConfigError(f"{stage}.start_margin is a validation-score margin in [0, 1), not {margin!r}")

@@ -61,9 +61,10 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rt: Runtime,
 
 
 def train_step(model, optimizer, stage: Stage, data, chunks: list, epoch: int,
-               rt: Runtime) -> list:
+               rt: Runtime, cpu_bf16: bool = False) -> list:
     """One optimiser step over this rank's micro-batches `chunks` (lists of split positions);
-    returns each micro-batch's (detached loss, number of samples)."""
+    returns each micro-batch's (detached loss, number of samples). cpu_bf16: under bf16 autocast
+    on the CPU too (runtime.autocast)."""
     optimizer.zero_grad(set_to_none=True)
     losses = []
     for m, pos in enumerate(chunks):
@@ -72,7 +73,7 @@ def train_step(model, optimizer, stage: Stage, data, chunks: list, epoch: int,
         # gradients are averaged over ranks by DDP (synchronised on the last micro-batch)
         sync = not rt.distributed or m == len(chunks) - 1
         with (contextlib.nullcontext() if sync else model.no_sync()):
-            with autocast(rt):
+            with autocast(rt, cpu_bf16):
                 loss = stage.loss(model, batch, rt)
             (loss / len(chunks)).backward()
         losses.append((loss.detach(), len(pos)))
@@ -91,7 +92,7 @@ def train_epoch(model, optimizer, stage: Stage, data, hp: HyperParams, seed: int
     total, count = torch.zeros((), dtype=torch.float64), 0
     for chunks in tqdm(batches, desc=f"{stage.name} {epoch + 1}/{hp.epochs}", leave=False,
                        disable=not rt.progress):
-        for loss, n in train_step(model, optimizer, stage, data, chunks, epoch, rt):
+        for loss, n in train_step(model, optimizer, stage, data, chunks, epoch, rt, hp.cpu_bf16):
             total += loss.double().cpu() * n
             count += n
     if rt.distributed:
@@ -129,6 +130,12 @@ def validate_start(model, stage: Stage, splits: dict, hp: HyperParams, rt: Runti
     return metrics["score"] + hp.start_margin, -1
 
 
+def stalled(patience, epoch: int, best_epoch: int) -> bool:
+    """Whether `patience` epochs have run since the best so far, before epoch `epoch` (0-based) starts;
+    best_epoch -1 is the start (validate_start) or nothing yet. Never when patience is None."""
+    return patience is not None and epoch - 1 - best_epoch >= patience
+
+
 def fit(model, stage: Stage, splits: dict, hp: HyperParams, rt: Runtime, *, folder: Path,
         seed: int, resume: bool = False, tensorboard: bool = True) -> tuple:
     """Train `model` for hp.epochs epochs on splits["train"], validating on splits["val"].
@@ -136,7 +143,8 @@ def fit(model, stage: Stage, splits: dict, hp: HyperParams, rt: Runtime, *, fold
     Adam (lr, weight_decay), cosine annealing per epoch down to lr_min. Every epoch is logged and
     checkpointed in `folder` (training.checkpointing); resume=True continues from
     checkpoint_last.pt. hp.validate_start: the starting weights compete too (epoch -1, with a
-    handicap of hp.start_margin for every epoch).
+    handicap of hp.start_margin for every epoch). hp.patience: stop once that many epochs brought no
+    new best (the schedule stays the one planned for hp.epochs). hp.cpu_bf16: see train_step.
     Returns (the best model on validation, its metrics, its epoch).
     """
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -155,6 +163,10 @@ def fit(model, stage: Stage, splits: dict, hp: HyperParams, rt: Runtime, *, fold
     if hp.validate_start and start == 0:
         best_score, best_epoch = validate_start(ddp, stage, splits, hp, rt, checkpoints, logger)
     for epoch in range(start, hp.epochs):
+        if stalled(hp.patience, epoch, best_epoch):
+            rt.log(f"[{stage.name}] no new best on validation in {hp.patience} epochs: stops after epoch "
+                   f"{epoch} of {hp.epochs} ({stage.name}.patience)")
+            break
         t0 = time.time()
         seed_everything(derive_seed("epoch", seed, epoch, rt.rank))
         train_loss = train_epoch(ddp, opt, stage, splits["train"], hp, seed, epoch, rt)

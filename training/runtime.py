@@ -149,10 +149,12 @@ def run_main(main):
         sys.exit(2)
 
 
-def autocast(rt: Runtime):
-    """bf16 autocast on a GPU when runtime.bf16; nothing on the CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=rt.bf16) if rt.device.type == "cuda" \
-        else torch.autocast("cpu", enabled=False)
+def autocast(rt: Runtime, cpu_bf16: bool = False):
+    """bf16 autocast on a GPU when runtime.bf16; on the CPU only when `cpu_bf16` (a stage's
+    ``cpu_bf16``: its training steps, never its validation)."""
+    if rt.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=rt.bf16)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(cpu_bf16))
 
 
 def unwrap(model):
