@@ -6,6 +6,7 @@ tiny models, with one thread, so the whole file takes well under two minutes on 
 from __future__ import annotations
 
 import copy
+import csv
 import dataclasses
 import json
 import math
@@ -319,9 +320,9 @@ def test_channels_last_training_gives_the_contiguous_weights_to_float_rounding(t
                            get_batch=lambda d, pos, epoch: {"x": d[torch.as_tensor(pos)]})
         hp = config.HyperParams(epochs=2, lr=1e-3, weight_decay=0.0, lr_min=1e-3, batch_size=4)
         data = torch.randn(8, 2, 16, 16, generator=torch.Generator().manual_seed(1))
-        model, _, _ = loop.fit(net, stage, {"train": data, "val": None}, hp,
-                               Runtime(device=torch.device("cpu"), progress=False, channels_last=flag),
-                               folder=tmp_path / str(flag), seed=0, tensorboard=False)
+        model = loop.fit(net, stage, {"train": data, "val": None}, hp,
+                         Runtime(device=torch.device("cpu"), progress=False, channels_last=flag),
+                         folder=tmp_path / str(flag), seed=0, tensorboard=False)[0]
         weights[flag] = {k: v.clone() for k, v in model.state_dict().items()}
     assert formats[True] and all(formats[True]) and not any(formats[False])
     # Adam moves a weight whose gradient is near zero by up to lr (1e-3) a step whatever its size,
@@ -398,7 +399,7 @@ def test_strided_pointwise_is_the_strided_1x1_convolution_it_replaces():
 def _fit_with_scores(folder: Path, scores: list, validate_start: bool, margin: float = 0.0, **hp_extra):
     """loop.fit of a linear model whose validation scores are `scores` in turn (the start's first
     when validate_start; 2 epochs unless hp_extra says otherwise); returns (start weights, fitted
-    weights, best metrics, best epoch, log epochs)."""
+    weights, best metrics, best epoch, log epochs); fit's count of epochs run must match the log."""
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 1)
     start = {k: v.clone() for k, v in net.state_dict().items()}
@@ -408,10 +409,11 @@ def _fit_with_scores(folder: Path, scores: list, validate_start: bool, margin: f
                        get_batch=lambda d, pos, epoch: {"x": d[torch.as_tensor(pos)]})
     hp = config.HyperParams(**{"epochs": 2, "lr": 0.1, "weight_decay": 0.0, "lr_min": 0.1, "batch_size": 4,
                                "validate_start": validate_start, "start_margin": margin, **hp_extra})
-    model, metrics, best = loop.fit(net, stage, {"train": torch.randn(8, 3), "val": None}, hp,
-                                    Runtime(device=torch.device("cpu"), progress=False), folder=folder,
-                                    seed=0, tensorboard=False)
+    model, metrics, best, ran = loop.fit(net, stage, {"train": torch.randn(8, 3), "val": None}, hp,
+                                         Runtime(device=torch.device("cpu"), progress=False), folder=folder,
+                                         seed=0, tensorboard=False)
     epochs = [r.split(",")[0] for r in (folder / "log.csv").read_text().splitlines()[1:]]
+    assert ran == len([e for e in epochs if e != "-1"])
     return start, model.state_dict(), metrics, best, epochs
 
 
@@ -478,6 +480,39 @@ def test_cpu_bf16_autocasts_the_training_steps_only(tmp_path):
         assert seen == {"train": {torch.bfloat16 if flag else torch.float32}, "val": {torch.float32}}
 
 
+def test_saliency_cpu_bf16_searches_in_bf16_only_where_the_cpu_has_it(monkeypatch, tmp_path):
+    """saliency.cpu_bf16: make_saliency's counterfactual search runs under bf16 autocast when the CPU computes
+    bf16 natively (the classifier sees bf16 activations during the search), in fp32 where it would be emulated
+    (several times slower) or when off; the maps come back float32 either way and close to fp32's."""
+    from training import make_saliency as M
+    cfg = resolved(tiny_config(tmp_path / "none.csv", tmp_path / "run",
+                               saliency={"options": {"steps": 3, "alpha": 0.01, "fuse": False}}))  # hooks: convs
+    torch.manual_seed(0)
+    clf = cards.build(cfg["baseline"]["model"], cfg["baseline"]["model_config"], "lung").eval()
+    ae = cards.build("autoencoder", cfg["autoencoder"]["model_config"], "lung").eval()
+    rt = Runtime(device=torch.device("cpu"), progress=False)
+    x = torch.rand(2, 4, 1, 32, 32)
+    seen = set()
+    for conv in [m for m in clf.modules() if isinstance(m, torch.nn.Conv3d | torch.nn.Conv2d)]:
+        conv.register_forward_hook(lambda m, i, out: seen.add(out.dtype))
+    maps = {}
+    for flag, native in ((False, True), (True, False), (True, True)):
+        monkeypatch.setattr(M, "native_bf16", lambda native=native: native)
+        cfg["saliency"]["cpu_bf16"] = flag
+        seen.clear()
+        maps[flag, native] = M.saliency_maps(clf, ae, x, cfg, **M.search_precision(cfg, rt))
+        assert maps[flag, native].dtype == torch.float32
+        assert (torch.bfloat16 in seen) == (flag and native), (flag, native, seen)
+    assert torch.equal(maps[False, True], maps[True, False])              # no native bf16: the fp32 maps
+    low, full = maps[True, True].flatten(), maps[False, True].flatten()
+    pearson = float(torch.corrcoef(torch.stack([low, full]))[0, 1])          # 0.975 here
+    assert pearson > 0.9 and not torch.equal(low, full)
+    with pytest.raises(ConfigError, match="saliency.cpu_bf16"):
+        config.load_config(overrides=["saliency.cpu_bf16=1"])
+    with pytest.raises(ConfigError, match="saliency.cpu_bf16"):
+        config.load_config(overrides=["saliency.cpu_bf16=true", "saliency.method=gradient"])
+
+
 def _ddp_worker(rank, world, port, cfg_path):
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
@@ -524,17 +559,19 @@ def test_algorithm1_end_to_end(tmp_path, toy_datalist):
     from ACATCore.checkpoint import load_bundle, load_model
     from training.run_algorithm1 import run_algorithm1
     from training.export_bundle import export_bundle
-    cfg = resolved(tiny_config(
-        toy_datalist, tmp_path / "run", dropout_control=[0.5], limited_data=[4]))
+    cfg = resolved(tiny_config(toy_datalist, tmp_path / "run", dropout_control=[0.5], limited_data=[4],
+                               saliency={"cpu_bf16": True}))      # bf16 search where this CPU has it, else fp32
     rt = setup_runtime(cfg)
     written = run_algorithm1(cfg, rt)
     root = tmp_path / "run" / "seed0"
+    assert load_model(root / "acat" / "model.safetensors")[1]["data"]["training"]["saliency"]["cpu_bf16"] is True
     for stage in ("baseline", "autoencoder", "acat", "dropout0.5"):
         model, card = load_model(root / stage / "model.safetensors")
         assert card["intended_use"].startswith("Trained on synthetic lesions")
         assert card["data"]["n_train"] == 8 and card["data"]["training"]["seed"] == 0
         assert (root / stage / "checkpoint_best.pt").exists()
-        assert (root / stage / "log.csv").exists()
+        rows = list(csv.DictReader((root / stage / "log.csv").open()))
+        assert card["metrics"]["epochs_run"] == sum(int(r["epoch"]) >= 0 for r in rows) > 0
     sal = np.load(root / "saliency" / "test.npy")
     assert sal.shape == (4, 4, 1, 32, 32) and 0 <= sal.min() and sal.max() <= 1
     assert {"table2_accuracy", "table7_sens_spec", "sec44_hit_scores", "table5_iou_dice",

@@ -5,7 +5,8 @@
 The config's nets, untrained (weights do not change the cost), in the memory format ``Runtime.place`` gives a
 training net, on random inputs of the config's shape (``data.preprocessing``): one optimiser step (forward,
 backward, Adam) of the baseline and of ACAT on one process's share of ``batch_size`` volumes, of the autoencoder
-on its share of ``batch_size`` slices, and the counterfactual maps of ``saliency.batch_size`` volumes. The table
+on its share of ``batch_size`` slices, and the counterfactual maps of ``saliency.batch_size`` volumes (searched
+in bf16 when ``saliency.cpu_bf16`` and this CPU has native bf16, as training/make_saliency.py does). The table
 gives the median seconds and each stage's minutes projected for ``--procs`` one-thread processes (training steps
 x epochs over the training split, maps over every split; validation, data preparation and start-up not counted).
 bench/bench_training_speed.py times the same on a finished run's real batches. Compare two versions of the code
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from training.cards import build
 from training.config import TASK_DEFAULTS, load_config
-from training.make_saliency import saliency_maps
+from training.make_saliency import saliency_maps, search_precision
 from training.runtime import Runtime, keep_freed_memory
 from training.train_acat import build_from_baseline
 
@@ -82,7 +83,8 @@ def stage_rows(cfg: dict, procs: int, repeats: int) -> list:
         rows.append((stage, s, s * per_epoch[stage] * int(cfg[stage]["epochs"]) / 60))
     clf, ae = maps_nets
     vols = torch.rand(int(cfg["saliency"]["batch_size"]), *shape)
-    s = median_seconds(lambda: saliency_maps(clf, ae, vols, cfg), max(1, repeats // 4)) / len(vols)
+    precision = search_precision(cfg, rt)                                                # saliency.cpu_bf16
+    s = median_seconds(lambda: saliency_maps(clf, ae, vols, cfg, **precision), max(1, repeats // 4)) / len(vols)
     rows.append(("maps", s, s * n / procs / 60))
     s = median_seconds(steps["acat"], repeats)
     rows.append(("acat", s, s * per_epoch["acat"] * int(cfg["acat"]["epochs"]) / 60))

@@ -46,7 +46,9 @@ def same_maps(cfg: dict, base_cfg: dict, seed_dir: Path) -> bool:
     card = seed_dir / "acat" / "model.json"
     if card.exists():
         used = json.loads(card.read_text())["data"]["training"]["saliency"] or {}
-        return (used.get("method"), used.get("options")) == (cfg["saliency"]["method"], cfg["saliency"]["options"])
+        wanted = cfg["saliency"]
+        return ((used.get("method"), used.get("options"), used.get("cpu_bf16", False))
+                == (wanted["method"], wanted["options"], wanted["cpu_bf16"]))
     return cfg["saliency"] == base_cfg["saliency"]
 
 

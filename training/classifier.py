@@ -66,13 +66,13 @@ def classifier_stage(name: str, hp: HyperParams, train: DataSet, *, seed: int, n
 def fit_classifier(model, name: str, cfg: dict, hp: HyperParams, splits: dict, rt: Runtime, *,
                    folder, seed: int, resume: bool, needs_saliency: bool) -> tuple:
     """fit() with the classification stage of the config's task; returns (the best model, the
-    card's metrics {val_accuracy, best_epoch})."""
+    card's metrics {val_accuracy, best_epoch, epochs_run})."""
     stage = classifier_stage(name, hp, splits["train"], seed=seed, num_classes=model.num_classes,
                              needs_saliency=needs_saliency,
                              label_map=TASK_DEFAULTS[cfg["task"]]["flip_label_map"], rt=rt)
-    model, metrics, best_epoch = fit(model, stage, splits, hp, rt, folder=folder, seed=seed,
-                                     resume=resume, tensorboard=cfg["runtime"]["tensorboard"])
-    return model, {"val_accuracy": metrics.get("accuracy"), "best_epoch": best_epoch}
+    model, metrics, best_epoch, ran = fit(model, stage, splits, hp, rt, folder=folder, seed=seed,
+                                          resume=resume, tensorboard=cfg["runtime"]["tensorboard"])
+    return model, {"val_accuracy": metrics.get("accuracy"), "best_epoch": best_epoch, "epochs_run": ran}
 
 
 def forward(model, batch, needs_saliency):

@@ -61,7 +61,8 @@ DEFAULTS = {
                     "lr": 1e-4,
                     "weight_decay": 0.0, "lr_min": 1e-7, "batch_size": 32, "flip": 0.5,
                     "cpu_bf16": False, "patience": None},
-    "saliency": {"method": "counterfactual", "batch_size": 1,
+    # cpu_bf16: make_saliency's search under bf16 autocast on a CPU with native bf16 (fp32 on one without)
+    "saliency": {"method": "counterfactual", "batch_size": 1, "cpu_bf16": False,
                  "options": {"steps": 20, "alpha": 100.0}},
     "acat": {"model": None, "model_config": {}, "micro_batches": 1, "epochs": 100, "lr": 1e-5,
              "weight_decay": 5e-5,
@@ -224,6 +225,7 @@ def validate_config(cfg: dict) -> dict:
         _check_stage(stage, cfg[stage])
     if cfg["baseline"]["lesion_loss"] and task != "brain":
         raise ConfigError("baseline.lesion_loss supervises the brain classifier's cells; set it to 0 for lung")
+    _check_saliency(cfg["saliency"])
     _check_extras(cfg)
     return cfg
 
@@ -269,6 +271,14 @@ def _check_stage(stage: str, s: dict):
         raise ConfigError(f"{stage}.lesion_loss is a non-negative weight (0: off), not {weight!r}")
     if not 0 <= s.get("flip", 0) <= 1:
         raise ConfigError(f"{stage}.flip is a probability in [0, 1], not {s['flip']!r}")
+
+
+def _check_saliency(s: dict):
+    if not isinstance(s["cpu_bf16"], bool):
+        raise ConfigError(f"saliency.cpu_bf16 must be true or false, not {s['cpu_bf16']!r}")
+    if s["cpu_bf16"] and s["method"] != "counterfactual":
+        raise ConfigError(f"saliency.cpu_bf16 speeds up the counterfactual search; saliency.method is "
+                          f"{s['method']!r}: set saliency.cpu_bf16 to false")
 
 
 def _check_extras(cfg: dict):

@@ -145,7 +145,8 @@ def fit(model, stage: Stage, splits: dict, hp: HyperParams, rt: Runtime, *, fold
     checkpoint_last.pt. hp.validate_start: the starting weights compete too (epoch -1, with a
     handicap of hp.start_margin for every epoch). hp.patience: stop once that many epochs brought no
     new best (the schedule stays the one planned for hp.epochs). hp.cpu_bf16: see train_step.
-    Returns (the best model on validation, its metrics, its epoch).
+    Returns (the best model on validation, its metrics, its epoch, the epochs run in all: fewer than
+    hp.epochs when patience stopped the stage).
     """
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -162,6 +163,7 @@ def fit(model, stage: Stage, splits: dict, hp: HyperParams, rt: Runtime, *, fold
     logger = Logger(folder, rt.is_main, tensorboard, start)
     if hp.validate_start and start == 0:
         best_score, best_epoch = validate_start(ddp, stage, splits, hp, rt, checkpoints, logger)
+    ran = start
     for epoch in range(start, hp.epochs):
         if stalled(hp.patience, epoch, best_epoch):
             rt.log(f"[{stage.name}] no new best on validation in {hp.patience} epochs: stops after epoch "
@@ -186,7 +188,8 @@ def fit(model, stage: Stage, splits: dict, hp: HyperParams, rt: Runtime, *, fold
             print(f"[{stage.name}] epoch {epoch + 1}/{hp.epochs} loss {train_loss:.4f} " +
                   " ".join(f"val_{k} {v:.4f}" for k, v in metrics.items()) +
                   (" *" if improved else ""), flush=True)
+        ran = epoch + 1
         rt.barrier()
     logger.close()
     rt.barrier()
-    return checkpoints.load_best(unwrap(ddp))
+    return (*checkpoints.load_best(unwrap(ddp)), ran)

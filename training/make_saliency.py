@@ -38,8 +38,27 @@ def saliency_maps(classifier, autoencoder, x: torch.Tensor, cfg: dict, method: s
     return compute_saliency(method, classifier, x, autoencoder=autoencoder, **opts)
 
 
-def write_parts(clf, ae, ds: DataSet, parts: Path, cfg: dict, rt: Runtime):
-    """This rank's maps of `ds` not yet on disk, one parts/<index>.npy each, written atomically."""
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN's AVX-512 BF16 or AMX kernels)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def search_precision(cfg: dict, rt: Runtime) -> dict:
+    """{"precision": "bf16"} when saliency.cpu_bf16 asks for it and this CPU computes bf16 natively
+    (AVX-512 BF16 or AMX: the maps' search about 1.3x faster); {} otherwise, the config's own options.
+    A CPU without it would emulate bf16 several times slower than fp32, so there the maps stay fp32."""
+    if not cfg["saliency"].get("cpu_bf16") or rt.device.type != "cpu":
+        return {}
+    if not native_bf16():
+        rt.log("[saliency] saliency.cpu_bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), "
+               "so the maps are searched in fp32")
+        return {}
+    return {"precision": "bf16"}
+
+
+def write_parts(clf, ae, ds: DataSet, parts: Path, cfg: dict, rt: Runtime, precision: dict):
+    """This rank's maps of `ds` not yet on disk, one parts/<index>.npy each, written atomically;
+    precision: search_precision's."""
     from tqdm import tqdm
     bs = int(cfg["saliency"]["batch_size"])
     mine = [p for p in range(len(ds)) if p % rt.world_size == rt.rank]
@@ -52,7 +71,7 @@ def write_parts(clf, ae, ds: DataSet, parts: Path, cfg: dict, rt: Runtime):
         if not pos:                                # another process made them meanwhile
             continue
         x = ds.get(pos)["x"].to(rt.device)
-        maps = saliency_maps(clf, ae, x, cfg)      # float32: small latent steps need it
+        maps = saliency_maps(clf, ae, x, cfg, **precision)   # decoded in float32 whatever the search's
         maps = maps.float().cpu().numpy().astype(np.float16)
         for p, m in zip(pos, maps):
             tmp = parts / f".{ds.indices[p]}.tmp{os.getpid()}.npy"
@@ -85,10 +104,11 @@ def make_saliency(cfg: dict, seed: int, rt: Runtime, root=None, classifier_path=
     ae, _ = load_final(autoencoder_path, "autoencoder")
     clf, ae = rt.place(clf).eval(), rt.place(ae).eval()
     splits = splits or load_splits(cfg, rt, seed)
+    precision = search_precision(cfg, rt)
     for name, ds in splits.items():
         parts = out / "parts" / name
         parts.mkdir(parents=True, exist_ok=True)
-        write_parts(clf, ae, ds, parts, cfg, rt)
+        write_parts(clf, ae, ds, parts, cfg, rt, precision)
         rt.barrier()
         if rt.is_main:
             assemble(ds, parts, out, name)

@@ -117,7 +117,7 @@ def train_acat(cfg: dict, seed: int, rt: Runtime, model: str = "acat", resume: b
                f"{model} keeps them (best_epoch -1 in its card)")
 
     saliency = {"method": cfg["saliency"]["method"], "options": cfg["saliency"]["options"],
-                "classifier": "baseline", "autoencoder": "autoencoder"}
+                "cpu_bf16": cfg["saliency"]["cpu_bf16"], "classifier": "baseline", "autoencoder": "autoencoder"}
     card = model_card(cfg, model, seed, splits, metrics,
                       extra={"initialised_from": init,
                              "saliency": saliency if needs_saliency else None})

@@ -93,12 +93,12 @@ def train_autoencoder(cfg: dict, seed: int, rt: Runtime, resume: bool = False,
     rt.log(f"[autoencoder] seed {seed}: {len(slices['train'])} training slices, {hp.epochs} "
            f"epochs, device {rt.device}, {rt.world_size} process(es)")
 
-    model, metrics, best_epoch = fit(model, autoencoder_stage(hp, seed), slices, hp, rt,
-                                     folder=folder, seed=seed, resume=resume,
-                                     tensorboard=cfg["runtime"]["tensorboard"])
+    model, metrics, best_epoch, ran = fit(model, autoencoder_stage(hp, seed), slices, hp, rt,
+                                          folder=folder, seed=seed, resume=resume,
+                                          tensorboard=cfg["runtime"]["tensorboard"])
 
     card = model_card(cfg, "autoencoder", seed, splits,
-                      {"val_mse": metrics.get("mse"), "best_epoch": best_epoch})
+                      {"val_mse": metrics.get("mse"), "best_epoch": best_epoch, "epochs_run": ran})
     return save_stage(model, folder, card, rt)
 
 
