@@ -32,7 +32,7 @@ from training.checkpointing import load_checkpoint             # noqa: E402
 from training.config import load_config                        # noqa: E402
 from training.data import load_splits, run_dir                 # noqa: E402
 from training.evaluate import lesion_region                    # noqa: E402
-from training.make_saliency import saliency_maps               # noqa: E402
+from training.make_saliency import saliency_maps, search_precision  # noqa: E402
 from training.runtime import started                           # noqa: E402
 
 SIGMAS = (0.0, 2.0)
@@ -91,6 +91,7 @@ def main(argv=None) -> int:
     cfg = load_config(args.config)
     cfg["out_dir"], cfg["runtime"]["progress"] = args.out or cfg["out_dir"], False
     with started(cfg) as rt:
+        cfg["saliency"]["options"] = {**cfg["saliency"]["options"], **search_precision(cfg, rt)}  # as make_saliency
         root = run_dir(cfg, args.seed)
         clf = load_final(root / "baseline" / "model.safetensors", "baseline classifier")[0].eval()
         ds = load_splits(cfg, rt, args.seed)[args.split]

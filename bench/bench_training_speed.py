@@ -26,7 +26,7 @@ from training.classifier import classifier_stage
 from training.config import TASK_DEFAULTS, HyperParams, load_config
 from training.data import attach_saliency, load_splits, run_dir
 from training.loop import train_step
-from training.make_saliency import saliency_maps
+from training.make_saliency import saliency_maps, search_precision
 from training.runtime import has_strided_1x1, started
 from training.train_autoencoder import SliceSet, autoencoder_stage
 
@@ -89,6 +89,7 @@ def main(argv=None) -> int:
     cfg = load_config(args.config)
     cfg["runtime"].update(progress=False, threads=args.threads)
     with started(cfg) as rt:
+        cfg["saliency"]["options"] = {**cfg["saliency"]["options"], **search_precision(cfg, rt)}  # as make_saliency
         torch.set_num_threads(args.threads)
         root = run_dir(cfg, args.seed)
         splits = load_splits(cfg, rt, args.seed)
