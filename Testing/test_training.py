@@ -456,11 +456,13 @@ def test_patience_stops_a_stage_that_no_longer_improves_on_validation(tmp_path):
         config.load_config(overrides=["autoencoder.cpu_bf16=1"])
 
 
-def test_cpu_bf16_autocasts_the_training_steps_only(tmp_path):
-    """<stage>.cpu_bf16: a stage's training steps run under bf16 autocast on the CPU (its convolutions
-    and matmuls in bf16, about 1.6x faster for the autoencoder on AVX-512), its validation in fp32;
-    off by default."""
-    for flag in (False, True):
+def test_cpu_bf16_autocasts_the_training_steps_only(tmp_path, monkeypatch):
+    """<stage>.cpu_bf16: a stage's training steps run under bf16 autocast on a CPU with native bf16 (its
+    convolutions and matmuls in bf16, about 1.6x faster for the autoencoder on AVX-512), its validation in
+    fp32; in fp32 on a CPU without native bf16 (emulated bf16 is several times slower); off by default."""
+    from training import runtime
+    for flag, native in ((False, True), (True, True), (True, False)):
+        monkeypatch.setattr(runtime, "native_bf16", lambda native=native: native)
         seen = {"train": set(), "val": set()}
 
         def loss(m, b, rt):
@@ -475,16 +477,16 @@ def test_cpu_bf16_autocasts_the_training_steps_only(tmp_path):
                            get_batch=lambda d, pos, epoch: {"x": d[torch.as_tensor(pos)]})
         hp = config.HyperParams(epochs=1, lr=0.1, weight_decay=0.0, lr_min=0.1, batch_size=4, cpu_bf16=flag)
         loop.fit(torch.nn.Linear(3, 1), stage, {"train": torch.randn(8, 3), "val": torch.randn(4, 3)}, hp,
-                 Runtime(device=torch.device("cpu"), progress=False), folder=tmp_path / str(flag), seed=0,
+                 Runtime(device=torch.device("cpu"), progress=False), folder=tmp_path / f"{flag}{native}", seed=0,
                  tensorboard=False)
-        assert seen == {"train": {torch.bfloat16 if flag else torch.float32}, "val": {torch.float32}}
+        assert seen == {"train": {torch.bfloat16 if flag and native else torch.float32}, "val": {torch.float32}}
 
 
 def test_saliency_cpu_bf16_searches_in_bf16_only_where_the_cpu_has_it(monkeypatch, tmp_path):
     """saliency.cpu_bf16: make_saliency's counterfactual search runs under bf16 autocast when the CPU computes
     bf16 natively (the classifier sees bf16 activations during the search), in fp32 where it would be emulated
     (several times slower) or when off; the maps come back float32 either way and close to fp32's."""
-    from training import make_saliency as M
+    from training import make_saliency as M, runtime
     cfg = resolved(tiny_config(tmp_path / "none.csv", tmp_path / "run",
                                saliency={"options": {"steps": 3, "alpha": 0.01, "fuse": False}}))  # hooks: convs
     torch.manual_seed(0)
@@ -497,7 +499,7 @@ def test_saliency_cpu_bf16_searches_in_bf16_only_where_the_cpu_has_it(monkeypatc
         conv.register_forward_hook(lambda m, i, out: seen.add(out.dtype))
     maps = {}
     for flag, native in ((False, True), (True, False), (True, True)):
-        monkeypatch.setattr(M, "native_bf16", lambda native=native: native)
+        monkeypatch.setattr(runtime, "native_bf16", lambda native=native: native)
         cfg["saliency"]["cpu_bf16"] = flag
         seen.clear()
         maps[flag, native] = M.saliency_maps(clf, ae, x, cfg, **M.search_precision(cfg, rt))

@@ -50,6 +50,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
+from training.runtime import native_bf16  # noqa: E402
+
 PAPER_STEPS = 20
 EARLY_STOP = 0.9          # the early rows' target probability
 SIZES = {"lung": (128, 128), "brain": (400, 500)}
@@ -124,13 +126,6 @@ def measured(fn, device: str = "cpu"):
     out = fn()
     seconds = time.perf_counter() - start
     return out, seconds, max(0, _status_kb("VmHWM") - rss0) / 1024
-
-
-def _native_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 # ------------------------------------------------------------------------------------ child side
@@ -343,7 +338,7 @@ def main(argv=None) -> int:
     print(f"# engine benchmark on {where}: torch {torch.__version__}, {args.threads} threads of {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} at start; rows one after the other, each a fresh process")
     print(f"# matmul peak: fp32 {fp32:.1f} GFLOP/s ({n32}^2), bf16 {bf16:.1f} GFLOP/s ({n16}^2); "
-          f"native bf16 (AVX512-BF16/AMX): {'yes' if _native_bf16() else 'no'}")
+          f"native bf16 (AVX512-BF16/AMX): {'yes' if native_bf16() else 'no'}")
     report = {"peaks": peaks, "rows": []}
     for task in [t for t in args.tasks.split(",") if t]:
         size = (QUICK_SIZES if args.quick else SIZES)[task]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,7 +21,7 @@ import torch.distributed as dist
 from ACATCore.errors import ConfigError
 from training.checkpointing import Checkpoints, Logger
 from training.config import HyperParams
-from training.runtime import Runtime, autocast, derive_seed, seed_everything, unwrap
+from training.runtime import Runtime, autocast, cpu_bf16_here, derive_seed, seed_everything, unwrap
 
 
 @dataclass
@@ -144,13 +145,15 @@ def fit(model, stage: Stage, splits: dict, hp: HyperParams, rt: Runtime, *, fold
     checkpointed in `folder` (training.checkpointing); resume=True continues from
     checkpoint_last.pt. hp.validate_start: the starting weights compete too (epoch -1, with a
     handicap of hp.start_margin for every epoch). hp.patience: stop once that many epochs brought no
-    new best (the schedule stays the one planned for hp.epochs). hp.cpu_bf16: see train_step.
+    new best (the schedule stays the one planned for hp.epochs). hp.cpu_bf16: see train_step; it takes
+    effect only on a CPU with native bf16 (runtime.cpu_bf16_here).
     Returns (the best model on validation, its metrics, its epoch, the epochs run in all: fewer than
     hp.epochs when patience stopped the stage).
     """
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     folder.mkdir(parents=True, exist_ok=True)
+    hp = dataclasses.replace(hp, cpu_bf16=cpu_bf16_here(hp.cpu_bf16, rt, f"{stage.name}.cpu_bf16"))
     model = rt.place(model, trains=True)
     opt = torch.optim.Adam(param_groups(model, hp), lr=hp.lr, weight_decay=hp.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.epochs, eta_min=hp.lr_min)

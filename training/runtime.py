@@ -149,6 +149,28 @@ def run_main(main):
         sys.exit(2)
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN's AVX-512 BF16 or AMX kernels); False for a torch
+    built without oneDNN."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cpu_bf16_here(wanted: bool, rt: Runtime, option: str) -> bool:
+    """Whether a ``cpu_bf16`` option (`option` names it) takes effect: on the CPU, and only where the CPU
+    computes bf16 natively; elsewhere it would be emulated, several times slower than fp32, so it is off
+    with a log line. Never on a GPU (runtime.bf16 is the GPU's)."""
+    if not wanted or rt.device.type != "cpu":
+        return False
+    if native_bf16():
+        return True
+    rt.log(f"[{option}] this CPU has no native bf16 (AVX-512 BF16 or AMX): fp32 instead, as emulated bf16 "
+           "is several times slower")
+    return False
+
+
 def autocast(rt: Runtime, cpu_bf16: bool = False):
     """bf16 autocast on a GPU when runtime.bf16; on the CPU only when `cpu_bf16` (a stage's
     ``cpu_bf16``: its training steps, never its validation)."""
