@@ -13,6 +13,7 @@ export_bundle, score_test_split, make_sample_head. What they share:
     runtime        device, DDP process group, seeds and RNG states
     data           datalist or ACAT-Synth -> prepared, memory-mapped arrays; splits; saliency maps
     augment        flips and affine / intensity augmentation, seeded per sample and epoch
+    lesion_insertion  small faint brain lesions drawn into training batches (baseline.insert_lesions)
     loop           Stage, the batch schedule and fit (the training loop)
     classifier     classification stages, prediction
     checkpointing  resume checkpoints and per-epoch logs

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from training import lesion_loss
 from training.augment import augment_batch, flip_batch, flip_decisions
+from training.lesion_insertion import insert_lesions
 from training.config import TASK_DEFAULTS, HyperParams
 from training.data import DataSet
 from training.loop import Stage, fit
@@ -41,6 +42,7 @@ def classifier_stage(name: str, hp: HyperParams, train: DataSet, *, seed: int, n
 
     def get_batch(ds, pos, epoch):
         b = ds.get(pos, with_saliency=needs_saliency, with_mask=hp.lesion_loss > 0)
+        b = insert_lesions(b, hp.insert_lesions, pos, seed, epoch)
         b = flip_batch(b, flip_decisions(pos, hp.flip, seed, epoch), label_map, keys=spatial)
         b = augment_batch(b, hp.augment, pos, seed, epoch, keys=spatial)
         b.pop("index")

@@ -56,7 +56,9 @@ DEFAULTS = {
                  "class_weighted": True, "flip": 0.5, "augment": None,
                  # lesion_loss: weight of the lesion-cell loss (training/lesion_loss.py; 0 = the paper's loss);
                  # lesion_layer: the conv layer (1-7) whose cells it supervises, null = the last
-                 "lesion_loss": 0.0, "lesion_layer": None, "cpu_bf16": False, "patience": None},
+                 "lesion_loss": 0.0, "lesion_layer": None, "cpu_bf16": False, "patience": None,
+                 # insert_lesions: small faint lesions drawn into the training batches (training/lesion_insertion.py)
+                 "insert_lesions": None},
     "autoencoder": {"model": "autoencoder", "model_config": {}, "micro_batches": 1, "epochs": 100,
                     "lr": 1e-4,
                     "weight_decay": 0.0, "lr_min": 1e-7, "batch_size": 32, "flip": 0.5,
@@ -110,6 +112,7 @@ class HyperParams:
     lesion_layer: Optional[int] = None   # the conv layer whose cells it supervises (None: the last)
     cpu_bf16: bool = False               # training steps under bf16 autocast on the CPU too (GPUs: runtime.bf16)
     patience: Optional[int] = None       # stop after this many epochs without a new best on validation
+    insert_lesions: Optional[dict] = None  # see training.lesion_insertion.insert_lesions (brain only)
 
     @classmethod
     def from_config(cls, section: dict) -> "HyperParams":
@@ -225,6 +228,7 @@ def validate_config(cfg: dict) -> dict:
         _check_stage(stage, cfg[stage])
     if cfg["baseline"]["lesion_loss"] and task != "brain":
         raise ConfigError("baseline.lesion_loss supervises the brain classifier's cells; set it to 0 for lung")
+    _check_insertion(cfg["baseline"]["insert_lesions"], task)
     _check_saliency(cfg["saliency"])
     _check_extras(cfg)
     return cfg
@@ -244,6 +248,19 @@ def _check_data(data: dict, task: str):
                                                                or v <= 0 for v in split)
             or abs(sum(split) - 1) > 1e-6):
         raise ConfigError(f"data.split must be three positive fractions summing to 1, not {split!r}")
+
+
+def _check_insertion(opts, task: str) -> None:
+    """baseline.insert_lesions: null, or brain lesion-insertion options (training.lesion_insertion)."""
+    if opts is None:
+        return
+    if task != "brain":
+        raise ConfigError("baseline.insert_lesions inserts brain lesions; set it to null for lung")
+    from training.lesion_insertion import check_options
+    try:
+        check_options(opts)
+    except ValueError as err:
+        raise ConfigError(f"baseline.{err}") from None
 
 
 def _check_stage(stage: str, s: dict):
