@@ -2,6 +2,8 @@
 becomes, that the draws repeat, that a real prepared head gets one inside its brain, and clear errors."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -19,7 +21,7 @@ def toy_batch(labels) -> dict:
     x = torch.zeros(len(labels), 6, 1, 40, 32)
     x[:, :, :, 5:35, 4:28] = 0.45
     x[:, :, :, 15:25, 12:20] = 0.1                  # ventricle-like: not parenchyma, never darkened
-    return {"x": x, "y": torch.tensor(labels), "mask": torch.zeros(len(labels), 6, 40, 32, dtype=torch.uint8)}
+    return {"x": x, "y": torch.tensor(labels), "mask": torch.zeros(len(labels), 6, 1, 40, 32)}    # as DataSet.get
 
 
 def test_a_lesion_darkens_only_the_parenchyma_of_the_side_its_label_names():
@@ -41,7 +43,7 @@ def test_a_lesion_darkens_only_the_parenchyma_of_the_side_its_label_names():
         # bit 1: the patient's left, the image's right half (columns 16-31); bit 2 the other half
         assert (left_half > 0 and right_half == 0) if new == 1 else (right_half > 0 and left_half == 0)
         assert 3.0 / 80 < float(change[b].max()) <= 0.09 + 1e-6            # a faint lesion, as drawn
-        assert out["mask"][b].sum() > 0 and (change[b][out["mask"][b] > 0] > 0.02).all()
+        assert out["mask"][b].sum() > 0 and (change[b][out["mask"][b, :, 0] > 0] > 0.02).all()
     assert set(out["y"].tolist()[:4] + out["y"].tolist()[7:]) == {1, 2}      # lesion-free heads: both sides drawn
 
 
@@ -80,6 +82,8 @@ def test_options_are_checked_and_the_config_refuses_them_for_lung():
     assert check_options({})["prob"] == 0.3
     with pytest.raises(ValueError, match="radius_px"):
         check_options({"radius_px": [6, 3]})
+    with pytest.raises(ValueError, match="prob"):
+        check_options({"prob": True})
     with pytest.raises(ValueError, match="takes a dict"):
         check_options({"radius": 3})
     cfg = config.load_config(None, ["task=brain", "baseline.insert_lesions={}"])
@@ -96,3 +100,32 @@ def test_no_lesion_without_parenchyma_to_put_it_in():
     out = insert_lesions(batch, ALWAYS, [0, 1], 0, 0)
     assert torch.equal(out["x"], batch["x"]) and out["y"].tolist() == [0, 0]
     assert np.isclose(float(out["x"].mean()), 0.1)
+
+
+def test_a_baseline_trained_with_inserted_lesions_and_the_lesion_loss(tmp_path):
+    """The classifier stage inserts before it flips: the batches it trains on carry the inserted lesions in the
+    image, the label and the lesion mask together; a toy brain baseline trains with both options and its card
+    records them."""
+    from test_lesion_loss import brain_config, toy_brain_datalist
+    from training.classifier import classifier_stage
+    from training.data import load_splits
+    from training.runtime import setup_runtime
+    from training.train_baseline import train_baseline
+    cfg = brain_config(toy_brain_datalist(tmp_path), tmp_path / "run")
+    cfg["baseline"].update(insert_lesions=ALWAYS, augment=None)
+    cfg = config.validate_config(cfg)
+    rt = setup_runtime(cfg)
+    train = load_splits(cfg, rt, 0)["train"]
+    hp = config.HyperParams.from_config(cfg["baseline"])
+    stage = classifier_stage("baseline", hp, train, seed=0, num_classes=4, needs_saliency=False,
+                             label_map=config.TASK_DEFAULTS["brain"]["flip_label_map"], rt=rt)
+    positions = list(range(len(train.labels)))
+    plain = train.get(positions, with_mask=True)
+    batch = stage.get_batch(train, positions, 0)
+    changed = (plain["x"] - batch["x"]).abs().flatten(1).amax(1) > 0
+    gained = batch["mask"].flatten(1).sum(1) > plain["mask"].flatten(1).sum(1)
+    assert changed.any() and torch.equal(changed, gained)               # image and mask together
+    assert (batch["y"][changed] != plain["y"][changed]).all()           # and the label gained a side
+    path = train_baseline(cfg, 0, rt)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["data"]["training"]["hyperparameters"]["insert_lesions"] == ALWAYS

@@ -40,7 +40,7 @@ def check_options(opts) -> dict:
     if not isinstance(opts, dict) or set(opts) - set(DEFAULTS):
         raise ValueError(f"insert_lesions takes a dict of {', '.join(DEFAULTS)}, not {opts!r}")
     out = {**DEFAULTS, **opts}
-    if not (isinstance(out["prob"], (int, float)) and 0 <= out["prob"] <= 1):
+    if isinstance(out["prob"], bool) or not (isinstance(out["prob"], (int, float)) and 0 <= out["prob"] <= 1):
         raise ValueError(f"insert_lesions.prob must be in [0, 1], not {out['prob']!r}")
     for key in ("radius_px", "radius_slabs", "contrast", "tissue"):
         v = out[key]
@@ -51,7 +51,8 @@ def check_options(opts) -> dict:
 
 
 def insert_lesions(batch: dict, opts: Optional[dict], positions, seed: int, epoch: int) -> dict:
-    """``batch`` ({"x": (B, S, 1, H, W) in [0, 1], "y": (B,) brain labels, optional "mask": (B, S, H, W)})
+    """``batch`` ({"x": (B, S, 1, H, W) in [0, 1], "y": (B,) brain labels, optional "mask": (B, S, 1, H, W), as
+    ``DataSet.get`` gives it for the lesion-cell loss})
     with a lesion inserted into a drawn share of its samples; the input batch is not changed."""
     if opts is None:
         return batch
@@ -72,7 +73,7 @@ def insert_lesions(batch: dict, opts: Optional[dict], positions, seed: int, epoc
         x[b, :, 0] = x[b, :, 0] - _uniform(opts["contrast"], g) * profile
         y[b] = int(y[b]) | SIDE_BITS[side]
         if mask is not None:
-            mask[b] = torch.maximum(mask[b], (profile > 0.5).to(mask.dtype))
+            mask[b, :, 0] = torch.maximum(mask[b, :, 0], (profile > 0.5).to(mask.dtype))
     out = dict(batch, x=x, y=y)
     if mask is not None:
         out["mask"] = mask
