@@ -175,6 +175,20 @@ def test_synth_options_reach_the_generator_and_the_cache(tmp_path):
     assert f"generator version {synth.GENERATOR_VERSION}, seed" in card["data"]["description"]   # seeds' meaning
 
 
+def test_data_prepared_in_several_processes_is_the_same_as_in_one(tmp_path, toy_datalist):
+    """The cache that worker processes write holds the same inputs and masks, in datalist order."""
+    arrays = {}
+    for workers in (1, 2):
+        cfg = resolved(tiny_config(toy_datalist, tmp_path / f"w{workers}"))
+        cache = data.prepare_dataset(cfg, Runtime(device=torch.device("cpu")), workers=workers)
+        arrays[workers] = [np.load(cache / f) for f in ("x.npy", "mask.npy", "y.npy")]
+    for one, two in zip(arrays[1], arrays[2]):
+        np.testing.assert_array_equal(one, two)
+    x, mask, y = arrays[2]
+    blob = x[:, :, 0][mask > 0].mean(), x[:, :, 0][mask == 0].mean()      # class 1's bright blob
+    assert y.tolist() == [i % 2 for i in range(16)] and blob[0] > blob[1] + 0.1
+
+
 def test_script_reports_bad_config_in_one_line(tmp_path):
     cfg = write_config({"task": "lung", "baseline": {"epochs": 0}}, tmp_path / "c.json")
     r = subprocess.run([sys.executable, "-m", "training.train_baseline", "--config", str(cfg)],

@@ -34,8 +34,9 @@ def synth_dir(cfg: dict) -> Path:
     return Path(cfg["out_dir"]) / "synth"
 
 
-def datalist_path(cfg: dict) -> Path:
-    """The datalist of the run's data; generates ACAT-Synth first when data.source == 'synth'."""
+def datalist_path(cfg: dict, workers: int = 1) -> Path:
+    """The datalist of the run's data; generates ACAT-Synth first (in `workers` processes) when
+    data.source == 'synth'."""
     data = cfg["data"]
     if data["source"] == "datalist":
         p = Path(data["datalist"])
@@ -53,7 +54,7 @@ def datalist_path(cfg: dict) -> Path:
         if (have.get("task"), have.get("n"), have.get("seed"), have.get("options", {}),
                 have.get("version")) == want:
             return path
-    synth.generate(*want[:3], out_dir=synth_dir(cfg), options=options)
+    synth.generate(*want[:3], out_dir=synth_dir(cfg), options=options, workers=workers)
     return path
 
 
@@ -110,26 +111,55 @@ def cache_key(cfg: dict) -> str:
                                       GENERATOR_VERSION], sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_dataset(cfg: dict, rt: Runtime) -> Path:
-    """Prepare every volume of the data once (rank 0 writes, the others wait); the cache folder."""
+def preparation_workers() -> int:
+    """Processes for generating and preparing the data: this machine's cores, at most 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+def prepare_dataset(cfg: dict, rt: Runtime, workers: Optional[int] = None) -> Path:
+    """Prepare every volume of the data once (rank 0 writes, in `workers` processes, default
+    preparation_workers(); the other ranks wait); the cache folder."""
     cache = Path(cfg["out_dir"]) / "cache"
     meta_path = cache / "meta.json"
     key = cache_key(cfg)
     if rt.is_main:
         ok = meta_path.exists() and json.loads(meta_path.read_text()).get("key") == key
         if not ok:
-            _write_cache(cfg, cache, key)
+            _write_cache(cfg, cache, key, workers or preparation_workers())
     rt.barrier()
     return cache
 
 
-def _write_cache(cfg: dict, cache: Path, key: str):
+def _prepared(entry: dict, pre: dict, with_mask: bool, with_regions: bool):
+    """One datalist entry on the model grid: (input float16, lesion mask, region labels; None when absent)."""
     from ACATCore.io import read_volume
     from ACATCore.preprocessing import prepare
+
+    prep = prepare(read_volume(entry["image"]), pre)
+    mask = prep.to_model_grid(read_volume(entry["mask"]), mode="max") if with_mask else None
+    regions = prep.to_model_grid(read_volume(entry[_region_key(entry)]), mode="nearest") if with_regions else None
+    return prep.tensor.numpy().astype(np.float16), mask, regions
+
+
+def _all_prepared(entries: list, pre: dict, with_mask: bool, with_regions: bool, workers: int):
+    """_prepared of every entry, in order: in this process, or in `workers` fresh one-thread processes
+    (spawned: forking a process that has run torch's thread pools can hang)."""
+    args = (entries, [pre] * len(entries), [with_mask] * len(entries), [with_regions] * len(entries))
+    if workers <= 1:
+        yield from map(_prepared, *args)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        yield from pool.map(_prepared, *args, chunksize=4)
+
+
+def _write_cache(cfg: dict, cache: Path, key: str, workers: int):
     from tqdm import tqdm
 
     pre = cfg["data"]["preprocessing"]
-    entries = read_datalist(datalist_path(cfg))
+    entries = read_datalist(datalist_path(cfg, workers))
     cache.mkdir(parents=True, exist_ok=True)
     n, s = len(entries), int(pre["slices"])
     h, w = pre["size"]
@@ -141,13 +171,13 @@ def _write_cache(cfg: dict, cache: Path, key: str):
     regions = np.zeros((n, s, h, w), np.uint8) if has_regions else None
     y = np.array([int(e["label"]) for e in entries], dtype=np.int64)
     size = np.array([_size_group(e) if e["label"] else 0 for e in entries], dtype=np.int64)
-    for i, e in enumerate(tqdm(entries, desc="prepare", disable=not sys.stderr.isatty())):
-        prep = prepare(read_volume(e["image"]), pre)
-        x[i] = prep.tensor.numpy().astype(np.float16)
+    done = _all_prepared(entries, pre, has_mask, has_regions, workers)
+    for i, (xi, mi, ri) in enumerate(tqdm(done, total=n, desc="prepare", disable=not sys.stderr.isatty())):
+        x[i] = xi
         if has_mask:
-            mask[i] = prep.to_model_grid(read_volume(e["mask"]), mode="max")
+            mask[i] = mi
         if has_regions:
-            regions[i] = prep.to_model_grid(read_volume(e[_region_key(e)]), mode="nearest")
+            regions[i] = ri
     x.flush()
     del x
     os.replace(cache / "x.npy.tmp", cache / "x.npy")
