@@ -112,8 +112,9 @@ def cache_key(cfg: dict) -> str:
 
 
 def preparation_workers() -> int:
-    """Processes for generating and preparing the data: this machine's cores, at most 8."""
-    return max(1, min(8, len(os.sched_getaffinity(0))))
+    """Processes for generating and preparing the data: the cores this process may use, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()   # macOS: no affinity
+    return max(1, min(8, cores or 1))
 
 
 def prepare_dataset(cfg: dict, rt: Runtime, workers: Optional[int] = None) -> Path:
