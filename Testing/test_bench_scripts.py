@@ -44,14 +44,15 @@ def test_stage_steps_projects_each_stage_from_its_step_time_and_the_config():
     from training.config import load_config
     cfg = load_config(str(REPO / "training" / "configs" / "brain_synth_demo.json"),
                       ["data.n=40", "data.preprocessing.slices=2", "data.preprocessing.size=[32,64]",
-                       "saliency.batch_size=2", "saliency.options.steps=2", "baseline.epochs=3"])
+                       "saliency.batch_size=2", "saliency.options.steps=2", "baseline.epochs=3",
+                       "autoencoder.epochs=5"])
     rows = {stage: (s, minutes) for stage, s, minutes in stage_rows(cfg, procs=2, repeats=1)}
     assert list(rows) == ["baseline", "autoencoder", "maps", "acat"]
     train = 28                                               # 70% of 40
     s, minutes = rows["baseline"]
     assert s > 0 and abs(minutes - s * -(-train // 16) * 3 / 60) < 1e-9    # 2 steps of 16 a epoch, 3 epochs
     s, minutes = rows["autoencoder"]
-    assert abs(minutes - s * -(-train * 2 // 32) * 8 / 60) < 1e-9          # 56 slices: 2 steps of 32, 8 epochs
+    assert abs(minutes - s * -(-train * 2 // 32) * 5 / 60) < 1e-9          # 56 slices: 2 steps of 32, 5 epochs
     s, minutes = rows["maps"]
     assert abs(minutes - s * 40 / 2 / 60) < 1e-9                            # every volume, over 2 processes
 

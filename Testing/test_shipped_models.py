@@ -113,7 +113,8 @@ def test_shipped_brain_classifier_finds_territorial_infarcts_on_unseen_heads():
     predicted, labels = classify_heads(bundle, 32, DEMO_VARIANT)
     sensitivity = (predicted[labels > 0] > 0).mean()
     specificity = (predicted[labels == 0] == 0).mean()
-    # measured on these 32 heads (generator version 4) with the bundle shipped 2026-12-06 (seventeenth session, a
+    # measured on these 32 heads (generator version 4) with the bundle shipped 2026-12-07 (twenty-fifth session, 3840
+    # heads, 80 epochs): 32/32, sensitivity 24/24, specificity 8/8; the bundle of 2026-12-06 (seventeenth session, a
     # quarter of the training lesions darker, asymmetric ventricles): 32/32, sensitivity 24/24, specificity 8/8;
     # thirteenth session (aged heads): 31/32, 24/24, 8/8; on version 3's heads with the bundle of 2026-12-05 (eighth
     # session, 1920 heads, 160 epochs): 32/32, sensitivity 24/24, specificity 8/8 (80 epochs: 31/32, 24/24, 7/8; 960
@@ -130,8 +131,9 @@ def test_shipped_brain_classifier_does_not_call_an_older_brain_a_lesion():
     bundle = load_bundle("brain")
     aged = {**DEMO_VARIANT, "acquisition": {"atrophy_mm": 6.0, "leukoaraiosis_hu": 10.0}}
     predicted, labels = classify_heads(bundle, 16, aged)
-    assert (predicted[labels == 0] == 0).mean() >= 3 / 4, (predicted, labels)     # measured 4 of 4 (before: 0)
-    assert (predicted[labels > 0] > 0).mean() >= 10 / 12, (predicted, labels)     # measured 12 of 12 (15/16 right)
+    assert (predicted[labels == 0] == 0).mean() >= 3 / 4, (predicted, labels)     # measured 4 of 4 (version 3: 0)
+    assert (predicted[labels > 0] > 0).mean() >= 10 / 12, (predicted, labels)     # measured 12 of 12 (16/16 right;
+    # the bundle of 2026-12-06: 15/16)
 
 
 def test_shipped_brain_classifier_reads_asymmetric_ventricles_and_calcifications_as_normal():
@@ -149,7 +151,8 @@ def test_shipped_brain_classifier_reads_asymmetric_ventricles_and_calcifications
             case = synth.make_case("brain", UNSEEN_SEED, index, 0, options=options)
             volumes.append(Volume(case["image"], case["spacing"], case["origin"], case["direction"]))
         predicted = classify(bundle, volumes)
-        assert (predicted == 0).sum() >= 7, (width, predicted)       # measured 8 of 8 at 3 and 6 mm (before: 8, 5)
+        # measured with the bundle of 2026-12-07: 8 of 8 at 3 mm, 7 of 8 at 6 mm; of 2026-12-06: 8 and 8; before: 8, 5
+        assert (predicted == 0).sum() >= 7, (width, predicted)
 
 
 def test_shipped_brain_classifier_finds_infarcts_darker_than_most_of_its_training_lesions():
@@ -159,7 +162,7 @@ def test_shipped_brain_classifier_finds_infarcts_darker_than_most_of_its_trainin
     bundle = load_bundle("brain")
     for contrast, at_least in (([20, 28], 13), ([28, 40], 12)):
         predicted, labels = classify_heads(bundle, 16, {"radius_mm": [20, 35], "contrast_hu": contrast})
-        # measured 15 and 14 of 16 (sensitivity 12 of 12 in both, specificity 4 of 4)
+        # measured 14 and 15 of 16 (sensitivity 11 and 12 of 12, specificity 4 of 4; bundle of 2026-12-06: 15, 14)
         assert (predicted == labels).sum() >= at_least, (contrast, predicted, labels)
         assert (predicted[labels == 0] == 0).sum() >= 3, (contrast, predicted, labels)
 
@@ -178,7 +181,7 @@ def test_shipped_brain_classifier_finds_lesions_inserted_as_an_insertion_tool_in
         case = insert(head, label, np.random.default_rng([UNSEEN_SEED, index]), [20, 35], [8, 20])
         volumes.append(Volume(case["image"], case["spacing"], case["origin"], case["direction"]))
     predicted, labels = classify(bundle, volumes), np.array(labels)
-    assert (predicted == labels).sum() >= 13, (predicted, labels)      # measured 15 of 16 (before: 16)
+    assert (predicted == labels).sum() >= 13, (predicted, labels)      # measured 16 of 16 (2026-12-06: 15)
     assert (predicted[labels == 0] == 0).sum() >= 3, (predicted, labels)  # measured 4 of 4
 
 
@@ -204,10 +207,11 @@ def test_shipped_brain_acat_through_analyze_on_unseen_heads():
     fresh heads with territorial infarcts. Its 4-class accuracy and the hit score (the saliency peak in
     the lesion's vascular territory, read on the head's own territory map as the paper reads a registered
     atlas). Measured on these heads with analyze's default search (FISTA, 7 steps) and the bundle of
-    2026-12-06 (seventeenth session: 1920 aged heads, generator version 4, a quarter of the lesions darker, asymmetric
-    ventricles; its ACAT kept its start, so it computes its baseline's function): ACAT 11/12 (baseline 11/12), hit
-    9/9 (thirteenth session: 11/12, 9/9; version 3's heads, 2026-12-05: 11/12, 8/9; 80 epochs:
-    11/12, 9/9; 960 heads: 10/12, 9/9; 2026-12-04: 12/12, 8/9); chance is 3/12 and about 1/6.
+    2026-12-07 (twenty-fifth session: 3840 heads, 80 epochs; its ACAT kept its start): ACAT 12/12 (baseline 12/12),
+    hit 8/9; the bundle of 2026-12-06 (seventeenth session: 1920 aged heads, generator version 4, a quarter of the
+    lesions darker, asymmetric ventricles; its ACAT kept its start, so it computes its baseline's function): ACAT
+    11/12 (baseline 11/12), hit 9/9 (thirteenth session: 11/12, 9/9; version 3's heads, 2026-12-05: 11/12, 8/9;
+    80 epochs: 11/12, 9/9; 960 heads: 10/12, 9/9; 2026-12-04: 12/12, 8/9); chance is 3/12 and about 1/6.
     ``python bench/bench_brain.py --seed 1234 --n 12 --rows demo`` prints them."""
     from ACATCore.data.territories import TERRITORIES
     from ACATCore.pipeline import analyze
@@ -222,8 +226,8 @@ def test_shipped_brain_acat_through_analyze_on_unseen_heads():
             i, j, k = result.peak_index
             territory = case["regions"][k, j, i]
             hits.append(territory > 0 and TERRITORIES[territory - 1] in {les["territory"] for les in case["lesions"]})
-    assert correct >= 8, correct                    # measured 11 of 12, chance 3
-    assert sum(hits) >= 6, hits                     # measured 9 of 9: three misses still pass
+    assert correct >= 8, correct                    # measured 12 of 12, chance 3
+    assert sum(hits) >= 6, hits                     # measured 8 of 9: three misses still pass
 
 
 def test_shipped_lung_acat_through_analyze_on_unseen_scans():
