@@ -580,7 +580,10 @@ def test_algorithm1_end_to_end(tmp_path, toy_datalist):
     rt = setup_runtime(cfg)
     written = run_algorithm1(cfg, rt)
     root = tmp_path / "run" / "seed0"
-    assert load_model(root / "acat" / "model.safetensors")[1]["data"]["training"]["saliency"]["cpu_bf16"] is True
+    from training.runtime import native_bf16
+    made = load_model(root / "acat" / "model.safetensors")[1]["data"]["training"]["saliency"]
+    assert made["cpu_bf16"] is True                                       # the setting, and what ran:
+    assert made["precision"] == ("bf16" if native_bf16() else "fp32")
     for stage in ("baseline", "autoencoder", "acat", "dropout0.5"):
         model, card = load_model(root / stage / "model.safetensors")
         assert card["intended_use"].startswith("Trained on synthetic lesions")

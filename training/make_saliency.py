@@ -46,13 +46,15 @@ def search_precision(cfg: dict, rt: Runtime) -> dict:
 
 def write_parts(clf, ae, ds: DataSet, parts: Path, cfg: dict, rt: Runtime, precision: dict):
     """This rank's maps of `ds` not yet on disk, one parts/<index>.npy each, written atomically;
-    precision: search_precision's."""
+    precision: search_precision's, recorded by a marker file beside the parts (see maps_precision)."""
     from tqdm import tqdm
     bs = int(cfg["saliency"]["batch_size"])
     mine = [p for p in range(len(ds)) if p % rt.world_size == rt.rank]
     todo = [p for p in mine if not (parts / f"{ds.indices[p]}.npy").exists()]
     rt.log(f"[saliency] {parts.name}: {len(ds)} volumes, {len(mine) - len(todo)} already done "
            f"(rank 0), {rt.world_size} process(es)")
+    if todo:
+        (parts.parent / f"made_in_{precision.get('precision', 'fp32')}").touch()
     for start in tqdm(range(0, len(todo), bs), desc=f"saliency {parts.name}", leave=False,
                       disable=not rt.progress):
         pos = [p for p in todo[start:start + bs] if not (parts / f"{ds.indices[p]}.npy").exists()]
@@ -65,6 +67,14 @@ def write_parts(clf, ae, ds: DataSet, parts: Path, cfg: dict, rt: Runtime, preci
             tmp = parts / f".{ds.indices[p]}.tmp{os.getpid()}.npy"
             np.save(tmp, m)
             os.replace(tmp, parts / f"{ds.indices[p]}.npy")
+
+
+def maps_precision(folder: Path):
+    """The precision the search of the maps in `folder` (a saliency folder) ran in, as the model card
+    records it: "fp32", "bf16", "bf16 and fp32" (a run resumed on another CPU), or None where no
+    make_saliency recorded it (control maps, maps made before it did)."""
+    made = sorted(p.name[len("made_in_"):] for p in (Path(folder) / "parts").glob("made_in_*"))
+    return " and ".join(made) or None
 
 
 def assemble(ds: DataSet, parts: Path, out: Path, name: str):

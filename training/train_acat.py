@@ -25,6 +25,7 @@ from training.cards import build, load_final, model_card, save_stage
 from training.classifier import fit_classifier
 from training.config import COMPETITORS, HyperParams, base_parser, config_from_args
 from training.data import attach_saliency, load_splits, run_dir
+from training.make_saliency import maps_precision
 from training.runtime import Runtime, derive_seed, run_main, seed_everything, started
 
 TRUNK_KEYS = ("widths", "pool_layers", "block_inplanes", "layers", "contralateral")
@@ -117,7 +118,8 @@ def train_acat(cfg: dict, seed: int, rt: Runtime, model: str = "acat", resume: b
                f"{model} keeps them (best_epoch -1 in its card)")
 
     saliency = {"method": cfg["saliency"]["method"], "options": cfg["saliency"]["options"],
-                "cpu_bf16": cfg["saliency"]["cpu_bf16"], "classifier": "baseline", "autoencoder": "autoencoder"}
+                "cpu_bf16": cfg["saliency"]["cpu_bf16"], "classifier": "baseline", "autoencoder": "autoencoder",
+                "precision": maps_precision(root / "saliency")}     # the precision that ran, not the setting
     card = model_card(cfg, model, seed, splits, metrics,
                       extra={"initialised_from": init,
                              "saliency": saliency if needs_saliency else None})
