@@ -806,6 +806,21 @@ def test_control_maps_are_the_lesion_a_decoy_or_noise():
     assert noise.min() == 0.0 and noise.max() == 1.0 and noise.std() > 0.05
 
 
+def test_misplaced_decoys_point_a_fraction_of_the_lesions_elsewhere():
+    """--misplaced F: a fraction F of the lesion volumes get another lesion's map, never their own."""
+    from training.make_control_saliency import control_maps
+    masks = np.zeros((10, 2, 16, 16), np.uint8)
+    for i in range(8):                                # 8 lesion volumes, each its own place; 2 lesion-free
+        masks[i, i % 2, i:i + 3, 2 * i:2 * i + 3] = 1
+    own = control_maps("decoy", masks, (10, 2, 1, 16, 16), np.random.default_rng(0)).astype(np.float32)
+    maps = control_maps("decoy", masks, (10, 2, 1, 16, 16), np.random.default_rng(0), 0.25).astype(np.float32)
+    at_home = [np.array_equal(maps[i], own[i]) for i in range(8)]
+    assert sum(at_home) == 6                          # 2 of 8 moved
+    for i in np.flatnonzero(~np.array(at_home)):      # a moved one carries another lesion's map
+        assert any(np.array_equal(maps[i], own[j]) for j in range(8) if j != i)
+    assert all(maps[i].max() == 1.0 for i in range(10))
+
+
 def test_focus_maps_keep_the_brightest_region_as_one_blob():
     from training.make_control_saliency import FOCUS_FRACTION, focus_maps
     rng = np.random.default_rng(0)

@@ -9,10 +9,13 @@ Mask maps: the prepared lesion mask (``cache/mask.npy``) smoothed by 1 pixel, sc
 without a lesion (so they also tell lesion from no lesion: an upper bound, not a method). Decoy maps: the
 same, but a volume without a lesion gets the mask map of a random volume of the split that has one, so
 every map has a bright region, as the class-agnostic counterfactual map does, and only its place tells
-(a perfectly localising map that does not give presence away). Noise maps: uniform noise smoothed by 2
-pixels and scaled to [0, 1], the value range of the real maps. Focus maps: each of the trained run's own
-maps smoothed in-plane by 2 pixels, its brightest 1 % of voxels kept as a binary region, smoothed by 1
-pixel and scaled to a peak of 1: a counterfactual map reshaped into a lesion-sized blob like the decoy's.
+(a perfectly localising map that does not give presence away); with ``--misplaced F`` a random fraction F
+of the lesion volumes get another lesion volume's map instead of their own (a decoy that localises the
+rest: what ACAT gains from a map as a function of how often it points at the lesion). Noise maps: uniform
+noise smoothed by 2 pixels and scaled to [0, 1], the value range of the real maps. Focus maps: each of the
+trained run's own maps smoothed in-plane by 2 pixels, its brightest 1 % of voxels kept as a binary region,
+smoothed by 1 pixel and scaled to a peak of 1: a counterfactual map reshaped into a lesion-sized blob like
+the decoy's.
 """
 from __future__ import annotations
 
@@ -41,9 +44,11 @@ def focus_maps(maps: np.ndarray) -> np.ndarray:
     return out
 
 
-def control_maps(kind: str, masks: np.ndarray, shape: tuple, rng: np.random.Generator) -> np.ndarray:
+def control_maps(kind: str, masks: np.ndarray, shape: tuple, rng: np.random.Generator,
+                 misplaced: float = 0.0) -> np.ndarray:
     """(N, S, 1, H, W) float16 maps: `masks` (N, S, H, W) smoothed (a decoy for the lesion-free ones
-    with kind "decoy"), or noise of `shape`."""
+    with kind "decoy", and another lesion's map for a fraction `misplaced` of the lesion volumes), or
+    noise of `shape`."""
     if kind in ("mask", "decoy"):
         maps = np.stack([gaussian_filter((m > 0).astype(np.float32), (0, 1, 1)) for m in masks])
         peak = maps.reshape(len(maps), -1).max(1)
@@ -51,6 +56,10 @@ def control_maps(kind: str, masks: np.ndarray, shape: tuple, rng: np.random.Gene
             empty, lesions = np.flatnonzero(peak == 0), np.flatnonzero(peak > 0)
             if len(lesions):
                 maps[empty] = maps[rng.choice(lesions, len(empty))]
+            if len(lesions) > 1 and misplaced > 0:
+                pos = rng.choice(len(lesions), int(round(misplaced * len(lesions))), replace=False)
+                donor = (pos + rng.integers(1, len(lesions), len(pos))) % len(lesions)   # never itself
+                maps[lesions[pos]] = maps[lesions[donor]]
         peak = np.maximum(maps.reshape(len(maps), -1).max(1), 1e-6)
         return (maps / peak[:, None, None, None])[:, :, None].astype(np.float16)
     maps = gaussian_filter(rng.random(shape, dtype=np.float32), (0, 0, 0, 2, 2))
@@ -68,7 +77,11 @@ def main(argv=None):
     ap.add_argument("--to", dest="dst", required=True, help="the control run's out_dir (created)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kind", choices=["mask", "decoy", "noise", "focus"], required=True)
+    ap.add_argument("--misplaced", type=float, default=0.0,
+                    help="decoy only: the fraction of lesion volumes given another lesion's map (default 0)")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.misplaced <= 1.0 or (args.misplaced and args.kind != "decoy"):
+        ap.error("--misplaced takes a fraction in [0, 1], and only with --kind decoy")
     src, dst = Path(args.src), Path(args.dst)
     run, source = dst / f"seed{args.seed}", src / f"seed{args.seed}"
     (run / "saliency").mkdir(parents=True, exist_ok=True)
@@ -84,7 +97,7 @@ def main(argv=None):
         if args.kind == "focus":
             maps = focus_maps(own)
         else:
-            maps = control_maps(args.kind, masks[index], own.shape, rng)
+            maps = control_maps(args.kind, masks[index], own.shape, rng, args.misplaced)
         np.save(run / "saliency" / f"{split}.npy", maps)
         np.save(run / "saliency" / f"{split}_index.npy", index)
     print(f"wrote {args.kind} maps to {run / 'saliency'}")
