@@ -143,3 +143,31 @@ def test_operating_point_raises_the_odds_of_a_lesion_and_keeps_the_sides_shares(
     s = scores(q, np.array([1, 0]), sizes=np.array([3, 0]))
     assert (s["acc"], s["sens"], s["spec"], s["side"], s["IS-3"]) == (1.0, 1.0, 1.0, 1.0, 1.0)
     assert np.isnan(s["IS-4"])
+
+
+def test_localisation_bench_loads_a_fine_tuned_classifier_and_names_its_searches(tmp_path):
+    """bench_autoencoder_localisation's --classifiers takes a training checkpoint of the seed's baseline (the
+    training-only lesion-cell head dropped, every other weight the checkpoint's) and --searches config or
+    NAME=JSON (the config's options updated), refusing what is not a JSON object in one line."""
+    import pytest
+    import torch
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_autoencoder_localisation import load_classifier, search_options
+    own = REPO / "Resources" / "models" / "brain" / "classifier.safetensors"
+    weights = {k: v.clone() for k, v in load_classifier("own", own).state_dict().items()}
+    name = next(k for k, v in weights.items() if v.is_floating_point() and k.endswith("weight"))
+    weights[name] += 1.0
+    weights["lesion_cells.weight"] = torch.zeros(1, 64, 1, 1)           # the head that exists only in training
+    torch.save({"model": weights, "epoch": 3}, tmp_path / "checkpoint_best.pt")
+    tuned = load_classifier(str(tmp_path / "checkpoint_best.pt"), own).state_dict()
+    assert "lesion_cells.weight" not in tuned and torch.equal(tuned[name], weights[name])
+    assert not torch.equal(tuned[name], load_classifier("own", own).state_dict()[name])
+    torch.save({"model": {name: weights[name]}}, tmp_path / "other.pt")   # another network's checkpoint
+    with pytest.raises(SystemExit, match="is not a checkpoint of this run's baseline"):
+        load_classifier(str(tmp_path / "other.pt"), own)
+    config = {"steps": 7, "alpha": 100.0}
+    assert search_options("config", config) == ("config", config)
+    assert search_options('a1000={"alpha": 1000}', config) == ("a1000", {"steps": 7, "alpha": 1000})
+    for bad in ("a1000", 'x={"alpha": 10', "x=[1, 2]"):
+        with pytest.raises(SystemExit, match="^error: "):
+            search_options(bad, config)

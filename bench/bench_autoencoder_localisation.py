@@ -1,21 +1,27 @@
-"""How the autoencoder's reconstruction limits where the counterfactual map points.
+"""How the autoencoder, the classifier and the search's options limit where the counterfactual map points.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_autoencoder_localisation.py \
         --config training/configs/brain_synth_demo.json --out runs/brain_n960_a1 --seed 0 \
-        --split train --cases 96 --autoencoders own runs/other/seed0/autoencoder/model.safetensors ckpt.pt
+        --split train --cases 96 --autoencoders own runs/other/seed0/autoencoder/model.safetensors ckpt.pt \
+        [--classifiers own runs/ft/checkpoint_best.pt] [--searches config 'a1000={"alpha": 1000}']
 
-For one run seed's baseline and the positive cases of one split, each autoencoder in ``--autoencoders``
-("own": the seed's; a model.safetensors; or a training checkpoint .pt of the seed's architecture, e.g.
-a copy of checkpoint_last.pt taken after an early epoch) makes the class-agnostic counterfactual maps
-exactly as ``training/make_saliency.py`` does (the config's search). Per autoencoder: reconstruction MSE
+For one run seed and the positive cases of one split, every combination of an autoencoder in
+``--autoencoders`` ("own": the seed's; a model.safetensors; or a training checkpoint .pt of the seed's
+architecture, e.g. a copy of checkpoint_last.pt taken after an early epoch), a classifier in
+``--classifiers`` ("own": the seed's baseline; or a training checkpoint .pt of its architecture, e.g. a
+fine-tuned copy; heads used only in training are dropped) and a search in ``--searches`` ("config": the
+config's saliency options; NAME=JSON: those options updated by the JSON, e.g. ``'t0={"target": 0}'``) makes
+the class-agnostic counterfactual maps as ``training/make_saliency.py`` does. Per row: reconstruction MSE
 on those cases' slices, the share of the lesions' contrast against a 3-pixel ring that the
 reconstruction keeps (median), and the maps' hit score (SE over cases), IoU and Dice, raw and smoothed
-by 2 px (the engine's default for the reported peak). Prints a table; asserts nothing.
+by 2 px (the engine's default for the reported peak), and seconds a volume. Prints a table; asserts nothing.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +55,35 @@ def load_autoencoder(source: str, own: Path):
     return load_final(Path(source), "autoencoder")[0].eval()
 
 
+def load_classifier(source: str, own: Path):
+    """The baseline named by ``source`` ("own", or a training checkpoint .pt of own's architecture; weights of
+    heads that exist only in training, e.g. the lesion-cell head, are dropped)."""
+    clf = load_final(own, "baseline classifier")[0]
+    if source != "own":
+        weights = load_checkpoint(Path(source))["model"]
+        try:
+            clf.load_state_dict({k: v for k, v in weights.items() if k in clf.state_dict()})
+        except RuntimeError as e:
+            raise SystemExit(f"error: {source} is not a checkpoint of this run's baseline ({str(e)[:200]})")
+    return clf.eval()
+
+
+def search_options(spec: str, config_options: dict) -> tuple:
+    """(name, options) of one ``--searches`` entry: "config" or NAME=JSON (updates of the config's options)."""
+    if spec == "config":
+        return spec, dict(config_options)
+    name, sep, text = spec.partition("=")
+    if not sep:
+        raise SystemExit(f"error: a search is 'config' or NAME=JSON, not {spec!r}")
+    try:
+        updates = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: search {name!r}: {text!r} is not JSON ({e})")
+    if not isinstance(updates, dict):
+        raise SystemExit(f"error: search {name!r}: give a JSON object of options, not {text!r}")
+    return name, {**config_options, **updates}
+
+
 def contrast_kept(x: np.ndarray, rec: np.ndarray, lesion: np.ndarray) -> float:
     """(S, H, W) input, reconstruction, lesion: the reconstruction's lesion contrast over the input's."""
     ring = ndimage.binary_dilation(lesion, np.ones((1, 3, 3)), iterations=3) & ~lesion & (x > 0.05)
@@ -79,6 +114,17 @@ def scores(cfg, clf, ae, ds, cases, masks, regions) -> dict:
     return out
 
 
+def row(source: str, clf_source: str, search: str, r: dict, seconds: float) -> str:
+    """One table row: the models' and search's names, then the scores of :func:`scores` and the time a volume."""
+    line = f"{source[-27:]:<28}{clf_source[-27:]:<28}{search[:9]:<10}"
+    line += f"{np.mean(r['mse']):>10.2e}{np.nanmedian(r['kept']):>7.2f}"
+    for s in SIGMAS:
+        a = np.array(r[s], float)
+        se = 100 * a[:, 0].std(ddof=1) / np.sqrt(len(a))
+        line += f"{100 * a[:, 0].mean():>9.1f}%{se:>6.1f}{np.nanmean(a[:, 1]):>7.3f}{np.nanmean(a[:, 2]):>7.3f}"
+    return line + f"{seconds:>7.2f}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="training/configs/brain_synth_demo.json")
@@ -87,28 +133,31 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="train", choices=["train", "val", "test"])
     ap.add_argument("--cases", type=int, default=96, help="positive cases (the split's first)")
     ap.add_argument("--autoencoders", nargs="+", default=["own"])
+    ap.add_argument("--classifiers", nargs="+", default=["own"])
+    ap.add_argument("--searches", nargs="+", default=["config"])
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
     cfg["out_dir"], cfg["runtime"]["progress"] = args.out or cfg["out_dir"], False
     with started(cfg) as rt:
         cfg["saliency"]["options"] = {**cfg["saliency"]["options"], **search_precision(cfg, rt)}  # as make_saliency
         root = run_dir(cfg, args.seed)
-        clf = load_final(root / "baseline" / "model.safetensors", "baseline classifier")[0].eval()
         ds = load_splits(cfg, rt, args.seed)[args.split]
         masks, regions = ds.array("mask"), ds.array("regions")
         cases = [p for p in np.flatnonzero(ds.labels > 0) if masks[ds.indices[p]].any()][:args.cases]
-        print(f"{len(cases)} positive {args.split} cases of run seed {args.seed}, search {cfg['saliency']['options']}")
-        print(f"{'autoencoder':<48}{'MSE':>10}{'kept':>7}" + "".join(
-            f"{'hit s' + format(s, 'g'):>10}{'(SE)':>6}{'IoU':>7}{'Dice':>7}" for s in SIGMAS))
+        searches = [search_options(s, cfg["saliency"]["options"]) for s in args.searches]
+        print(f"{len(cases)} positive {args.split} cases of run seed {args.seed}, "
+              f"config's search {cfg['saliency']['options']}")
+        print(f"{'autoencoder':<28}{'classifier':<28}{'search':<10}{'MSE':>10}{'kept':>7}" + "".join(
+            f"{'hit s' + format(s, 'g'):>10}{'(SE)':>6}{'IoU':>7}{'Dice':>7}" for s in SIGMAS) + f"{'s/vol':>7}")
         for source in args.autoencoders:
-            r = scores(cfg, clf, load_autoencoder(source, root / "autoencoder" / "model.safetensors"),
-                       ds, cases, masks, regions)
-            line = f"{source[-48:]:<48}{np.mean(r['mse']):>10.2e}{np.nanmedian(r['kept']):>7.2f}"
-            for s in SIGMAS:
-                a = np.array(r[s], float)
-                se = 100 * a[:, 0].std(ddof=1) / np.sqrt(len(a))
-                line += f"{100 * a[:, 0].mean():>9.1f}%{se:>6.1f}{np.nanmean(a[:, 1]):>7.3f}{np.nanmean(a[:, 2]):>7.3f}"
-            print(line, flush=True)
+            ae = load_autoencoder(source, root / "autoencoder" / "model.safetensors")
+            for clf_source in args.classifiers:
+                clf = load_classifier(clf_source, root / "baseline" / "model.safetensors")
+                for name, options in searches:
+                    t0 = time.perf_counter()
+                    r = scores({**cfg, "saliency": {**cfg["saliency"], "options": options}}, clf, ae, ds, cases,
+                               masks, regions)
+                    print(row(source, clf_source, name, r, (time.perf_counter() - t0) / len(cases)), flush=True)
     return 0
 
 
