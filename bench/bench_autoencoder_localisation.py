@@ -61,8 +61,9 @@ def load_classifier(source: str, own: Path):
     clf = load_final(own, "baseline classifier")[0]
     if source != "own":
         weights = load_checkpoint(Path(source))["model"]
+        keys = clf.state_dict().keys()
         try:
-            clf.load_state_dict({k: v for k, v in weights.items() if k in clf.state_dict()})
+            clf.load_state_dict({k: v for k, v in weights.items() if k in keys})
         except RuntimeError as e:
             raise SystemExit(f"error: {source} is not a checkpoint of this run's baseline ({str(e)[:200]})")
     return clf.eval()
@@ -149,10 +150,10 @@ def main(argv=None) -> int:
               f"config's search {cfg['saliency']['options']}")
         print(f"{'autoencoder':<28}{'classifier':<28}{'search':<10}{'MSE':>10}{'kept':>7}" + "".join(
             f"{'hit s' + format(s, 'g'):>10}{'(SE)':>6}{'IoU':>7}{'Dice':>7}" for s in SIGMAS) + f"{'s/vol':>7}")
+        classifiers = [(c, load_classifier(c, root / "baseline" / "model.safetensors")) for c in args.classifiers]
         for source in args.autoencoders:
             ae = load_autoencoder(source, root / "autoencoder" / "model.safetensors")
-            for clf_source in args.classifiers:
-                clf = load_classifier(clf_source, root / "baseline" / "model.safetensors")
+            for clf_source, clf in classifiers:
                 for name, options in searches:
                     t0 = time.perf_counter()
                     r = scores({**cfg, "saliency": {**cfg["saliency"], "options": options}}, clf, ae, ds, cases,
